@@ -1,0 +1,304 @@
+"""The `etl` command: run, status, dead letters, sandbox, demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+
+from etl.config import PipelineConfig, load_pipeline
+from etl.errors import EtlError
+from etl.runner import RunReport, run_backfill, select_destinations
+from etl.state import generate_ddl, open_store
+
+
+class _Group(click.Group):
+    """Turns every EtlError into one clear line and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EtlError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: progress up to the last acknowledged batch is saved", err=True)
+            sys.exit(130)
+
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    envvar="ETL_PIPELINE",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The pipeline file (or $ETL_PIPELINE).",
+)
+
+
+def _load(path: Path) -> PipelineConfig:
+    return load_pipeline(path)
+
+
+@click.group(cls=_Group)
+@click.option("-v", "--verbose", is_flag=True, help="Log retries and other details.")
+@click.version_option(package_name="etl-backfill")
+def cli(verbose: bool) -> None:
+    """Backfill user actions from a SQL warehouse into vendor event APIs."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@cli.command()
+@config_option
+@click.option("-d", "--destination", "destinations", multiple=True, help="Only these (repeatable).")
+@click.option("--from", "first_day", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC).")
+@click.option("--to", "last_day", type=click.DateTime(["%Y-%m-%d"]), help="Last day, inclusive.")
+@click.option("--restart", is_flag=True, help="Send the range's partitions again from their start.")
+@click.option(
+    "--dry-run",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the payloads to this JSONL file instead of sending them.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def run(
+    config_path: Path,
+    destinations: tuple[str, ...],
+    first_day: Any,
+    last_day: Any,
+    restart: bool,
+    dry_run: Path | None,
+    no_progress: bool,
+) -> None:
+    """Send a date range (default: start_date to yesterday), resuming where it stopped."""
+    config = _load(config_path)
+    report = run_backfill(
+        config,
+        destinations=list(destinations) or None,
+        first_day=first_day.date() if first_day else None,
+        last_day=last_day.date() if last_day else None,
+        restart=restart,
+        dry_run=dry_run,
+        progress=not no_progress and sys.stderr.isatty(),
+        log=lambda m: click.echo(m, err=True),
+    )
+    print_summary(report, dry_run=dry_run)
+    if not report.ok:
+        sys.exit(1)
+
+
+def print_summary(report: RunReport, dry_run: Path | None = None) -> None:
+    """The per-destination summary of a run."""
+    span = f"{report.first_day} .. {report.last_day}"
+    if dry_run is None and report.rows_read == 0 and report.ok:
+        click.echo(f"Nothing left to send: every partition from {span} is complete.")
+    header = f"{'destination':<20} {'read':>9} {'delivered':>9} {'dead':>7} {'filtered':>9} "
+    header += f"{'in doubt':>8} {'events/s':>9} {'429s':>5} {'retries':>7}"
+    click.echo(("Dry run, " if dry_run else "") + f"partitions {span}:")
+    click.echo(header)
+    for d in report.destinations:
+        click.echo(
+            f"{d.name:<20} {d.total('rows_read'):>9,} {d.total('delivered'):>9,} "
+            f"{d.total('dead_letters'):>7,} {d.total('filtered'):>9,} {d.total('in_doubt'):>8,} "
+            f"{d.events_per_second:>9,.0f} {d.total('throttled'):>5,} {d.total('retries'):>7,}"
+        )
+        if d.error:
+            click.echo(f"  STOPPED: {d.error}")
+        for p in d.failed:
+            if p.error and p.error != d.error:
+                click.echo(f"  FAILED {p.partition}: {p.error}")
+    if dry_run:
+        click.echo(f"Payloads written to {dry_run}; nothing was sent and no state was written.")
+    elif report.state_tables:
+        click.echo("State tables: " + ", ".join(report.state_tables))
+
+
+@cli.command()
+@config_option
+@click.option("-d", "--destination", "destinations", multiple=True)
+@click.option("--all", "show_all", is_flag=True, help="Also list empty, complete partitions.")
+def status(config_path: Path, destinations: tuple[str, ...], show_all: bool) -> None:
+    """Progress per destination and partition: counts, in doubt, dead letters."""
+    config = _load(config_path)
+    store = open_store(config)
+    for name in select_destinations(config, list(destinations) or None):
+        cps = store.checkpoints_of(name)
+        totals: Counter[str] = Counter()
+        by_status: Counter[str] = Counter(cp.status for cp in cps)
+        click.echo(f"{name} ({config.destinations[name].vendor}): {len(cps)} partitions "
+                   + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))  # fmt: skip
+        click.echo(
+            f"  {'partition':<10} {'status':<9} {'read':>8} {'delivered':>9} {'dead':>6} "
+            f"{'filtered':>8} {'in doubt':>8}  updated"
+        )
+        for cp in cps:
+            for key in ("rows_read", "delivered", "dead_letters", "filtered", "in_doubt"):
+                totals[key] += getattr(cp, key)
+            if show_all or cp.status != "complete" or cp.rows_read:
+                updated = cp.updated_at.strftime("%Y-%m-%d %H:%M") if cp.updated_at else ""
+                click.echo(
+                    f"  {cp.partition:<10} {cp.status:<9} {cp.rows_read:>8,} {cp.delivered:>9,} "
+                    f"{cp.dead_letters:>6,} {cp.filtered:>8,} {cp.in_doubt:>8,}  {updated}"
+                )
+                if cp.error:
+                    click.echo(f"    {cp.error}")
+        click.echo(
+            f"  {'total':<10} {'':<9} {totals['rows_read']:>8,} {totals['delivered']:>9,} "
+            f"{totals['dead_letters']:>6,} {totals['filtered']:>8,} {totals['in_doubt']:>8,}"
+        )
+
+
+@cli.group("dead-letters")
+def dead_letters() -> None:
+    """Events that were not delivered, and why."""
+
+
+@dead_letters.command("list")
+@config_option
+@click.option("-d", "--destination", required=True)
+@click.option("--partition", help="Only this day (YYYY-MM-DD).")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--replayed", is_flag=True, help="Include dead letters already replayed.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with payloads.")
+def list_dead_letters(
+    config_path: Path,
+    destination: str,
+    partition: str | None,
+    limit: int,
+    replayed: bool,
+    as_json: bool,
+) -> None:
+    """List dead letters with their reasons, and a count per reason."""
+    config = _load(config_path)
+    select_destinations(config, [destination])
+    store = open_store(config)
+    letters = store.dead_letters(destination, partition, include_replayed=replayed)
+    if as_json:
+        for row in letters[:limit]:
+            click.echo(json.dumps(row, default=str))
+        return
+    reasons = Counter(r["reason"] for r in letters)
+    click.echo(
+        f"{len(letters):,} dead letters for {destination}"
+        + (f" on {partition}" if partition else "")
+    )
+    for reason, count in reasons.most_common():
+        click.echo(f"  {count:>7,}  {reason}")
+    if letters:
+        click.echo(f"\n  {'partition':<10} {'source key':<12} reason")
+    for row in letters[:limit]:
+        click.echo(f"  {row['partition']:<10} {row['source_key']:<12} {row['reason']}")
+    if len(letters) > limit:
+        click.echo(f"  ... {len(letters) - limit:,} more (--limit)")
+
+
+@dead_letters.command("replay")
+@config_option
+@click.option("-d", "--destination", required=True)
+@click.option("--partition", help="Only this day (YYYY-MM-DD).")
+def replay_dead_letters_cmd(config_path: Path, destination: str, partition: str | None) -> None:
+    """Re-read the dead letters' rows, map them again and resend what is now valid."""
+    from etl.replay import replay_dead_letters
+
+    config = _load(config_path)
+    select_destinations(config, [destination])
+    report = replay_dead_letters(config, destination, partition)
+    click.echo(
+        f"{destination}: {report.attempted:,} dead letters replayed: {report.delivered:,} "
+        f"delivered, {report.still_dead:,} still dead"
+    )
+    for reason, count in sorted(report.reasons.items(), key=lambda kv: -kv[1]):
+        click.echo(f"  {count:>7,}  {reason}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True)
+@click.option(
+    "--time-scale", default=1.0, show_default=True, help="Run rate-limit windows Nx faster."
+)
+@click.option(
+    "--record",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append accepted events to this JSONL file.",
+)
+@click.option("--fuul-triggers", help="Comma-separated event names Fuul accepts (default: any).")
+@click.option("--error-rate", default=0.0, help="Fraction of requests answered 503.")
+@click.option(
+    "--lose-rate", default=0.0, help="Fraction of accepted requests whose response is lost."
+)
+@click.option("--latency-ms", default=0.0, help="Added latency per request.")
+def sandbox(
+    host: str,
+    port: int,
+    time_scale: float,
+    record: Path | None,
+    fuul_triggers: str | None,
+    error_rate: float,
+    lose_rate: float,
+    latency_ms: float,
+) -> None:
+    """Serve the sandbox vendors on loopback until interrupted."""
+    from etl.sandbox import SandboxServer
+    from etl.sandbox.server import Sandbox
+
+    triggers = {t.strip() for t in fuul_triggers.split(",")} if fuul_triggers else None
+    box = Sandbox(time_scale=time_scale, record_path=record, fuul_triggers=triggers)
+    for vendor in box.emulators:
+        box.set_faults(vendor, error_rate=error_rate, lose_rate=lose_rate, latency_ms=latency_ms)
+    server = SandboxServer(box, host, port)
+    click.echo(f"Sandbox vendors on {server.url} (time scale {time_scale:g}x); Ctrl-C stops.")
+    click.echo(
+        f"  Fuul: {server.url}/fuul/api/v1  keys: sandbox-fuul-key (send), sandbox-fuul-readonly"
+    )
+    click.echo(
+        f"  Records: {server.url}/_sandbox/records?vendor=fuul  stats: {server.url}/_sandbox/stats"
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@cli.command()
+@click.option(
+    "--dir",
+    "directory",
+    default=".etl-demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+@click.option("--rows", default=60_000, show_default=True)
+@click.option("--days", default=150, show_default=True)
+@click.option("--fresh", is_flag=True, help="Generate a new warehouse (and so new state).")
+def demo(directory: Path, rows: int, days: int, fresh: bool) -> None:
+    """Generate a SQLite warehouse, start the sandbox, run the real backfill, summarize."""
+    from etl.demo.run import run_demo
+
+    report = run_demo(directory, rows=rows, days=days, fresh=fresh, progress=sys.stderr.isatty())
+    print_summary(report)
+    click.echo(f"Try: etl status -c {directory}/pipeline.yaml ; "
+               f"etl dead-letters list -c {directory}/pipeline.yaml -d fuul_rewards")  # fmt: skip
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command("state-ddl")
+@click.option("--dialect", type=click.Choice(["postgresql", "sqlite"]), default="postgresql")
+@click.option("--prefix", default="etl_", show_default=True)
+def state_ddl(dialect: str, prefix: str) -> None:
+    """Print the CREATE TABLE statements of the state tables (sql/state_tables.sql)."""
+    click.echo(generate_ddl(dialect, prefix), nl=False)
+
+
+def main() -> None:
+    cli(prog_name="etl")

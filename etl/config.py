@@ -1,0 +1,293 @@
+"""The pipeline file: typed, validated on load, with errors that name the file and the key.
+
+Values may reference the environment as ``${VAR}`` or ``${VAR:-default}``. Credentials must be
+such a reference and nothing else; they are resolved only when a run starts
+(:func:`resolve_credentials`), so a secret is never stored in the config object.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from etl.errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+Scalar = str | int | float | bool
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RateLimit(_Model):
+    """At most ``requests`` per ``per_seconds``, evenly paced; ``burst`` requests may go at once.
+
+    The sender paces ``margin`` below the limit, so that latency jitter between the client and
+    the vendor never packs more than the limit into one of the vendor's windows.
+    """
+
+    requests: int = Field(gt=0)
+    per_seconds: float = Field(gt=0)
+    burst: int = Field(default=1, gt=0)
+    margin: float = Field(default=0.02, ge=0, lt=1)
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.per_seconds * (1 - self.margin)
+
+
+class ArgSpec(_Model):
+    """One typed event parameter taken from a column."""
+
+    column: str
+    type: Literal["string", "number", "integer", "boolean"] = "string"
+    required: bool = True
+
+
+class UserSpec(_Model):
+    """Where the user identifier comes from, and its kind (a constant or a column)."""
+
+    column: str
+    type: str | None = None
+    type_column: str | None = None
+
+    @model_validator(mode="after")
+    def _one_type(self) -> UserSpec:
+        if self.type is not None and self.type_column is not None:
+            raise ValueError("give either 'type' or 'type_column', not both")
+        return self
+
+
+class EventNameFromColumn(_Model):
+    """The event name is a column's value, optionally renamed (others pass unchanged)."""
+
+    column: str
+    rename: dict[str, str] = Field(default_factory=dict)
+
+
+class MappingConfig(_Model):
+    """How one source row becomes one event for a destination."""
+
+    filter: dict[str, list[Scalar]] = Field(
+        default_factory=dict,
+        description="column -> allowed values; a row that fails any of them is filtered",
+    )
+    event_name: str | EventNameFromColumn
+    user: UserSpec
+    args: dict[str, ArgSpec] = Field(default_factory=dict)
+
+    def columns(self) -> set[str]:
+        """Every source column this mapping reads."""
+        cols = set(self.filter) | {self.user.column} | {a.column for a in self.args.values()}
+        if self.user.type_column:
+            cols.add(self.user.type_column)
+        if isinstance(self.event_name, EventNameFromColumn):
+            cols.add(self.event_name.column)
+        return cols
+
+
+class DestinationConfig(_Model):
+    """One vendor endpoint with its credentials, limits and mapping."""
+
+    vendor: str
+    base_url: str
+    credentials: dict[str, str]
+    mapping: MappingConfig
+    options: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int | None = Field(default=None, gt=0)
+    rate_limit: RateLimit | None = None
+    max_in_flight: int = Field(default=2, gt=0, le=64)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=8, gt=0)
+    enabled: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("credentials")
+    @classmethod
+    def _env_refs_only(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, ref in value.items():
+            if not _SECRET_REF.match(ref):
+                raise ValueError(
+                    f"credential {key!r} must be an environment reference like "
+                    f"'${{MY_API_KEY}}'; literal keys are not allowed in the pipeline file"
+                )
+        return value
+
+
+class SourceConfig(_Model):
+    """The actions table (or query) in the warehouse."""
+
+    url: str
+    table: str | None = None
+    schema_name: str | None = Field(default=None, alias="schema")
+    query: str | None = Field(default=None, description="path of a .sql file, relative to the file")
+    key_column: str = "id"
+    timestamp_column: str = "occurred_at"
+    timestamp_type: Literal["datetime", "text", "epoch_s", "epoch_ms"] = "datetime"
+    timezone: str = "UTC"
+    chunk_size: int = Field(default=5000, gt=0)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> SourceConfig:
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of 'table' or 'query'")
+        return self
+
+
+class StateConfig(_Model):
+    """Where checkpoints, the batch ledger and dead letters are written (default: the source DB)."""
+
+    url: str | None = None
+    schema_name: str | None = Field(default=None, alias="schema")
+    table_prefix: str = "etl_"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("table_prefix")
+    @classmethod
+    def _safe_prefix(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_]*$", value):
+            raise ValueError("may hold only letters, digits and '_'")
+        return value
+
+
+class PipelineConfig(_Model):
+    """The whole pipeline file."""
+
+    start_date: date
+    source: SourceConfig
+    state: StateConfig = Field(default_factory=StateConfig)
+    destinations: dict[str, DestinationConfig]
+    path: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("destinations")
+    @classmethod
+    def _names(cls, value: dict[str, DestinationConfig]) -> dict[str, DestinationConfig]:
+        if not value:
+            raise ValueError("at least one destination is needed")
+        for name in value:
+            if not _NAME.match(name):
+                raise ValueError(
+                    f"destination name {name!r} must be lowercase letters, digits and '_'"
+                )
+        return value
+
+    @property
+    def state_url(self) -> str:
+        return self.state.url or self.source.url
+
+    def query_text(self) -> str | None:
+        """The source query's SQL, read from its file (relative to the pipeline file)."""
+        if self.source.query is None:
+            return None
+        base = self.path.parent if self.path else Path.cwd()
+        query_path = (base / self.source.query).resolve()
+        try:
+            return query_path.read_text(encoding="utf-8").strip().rstrip(";")
+        except OSError as exc:
+            raise ConfigError(
+                f"{self.path}: source.query: cannot read {query_path}: {exc}"
+            ) from exc
+
+
+def _expand(value: Any, where: str, file: Path) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string except credentials."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            sub = f"{where}.{key}" if where else str(key)
+            out[key] = item if key == "credentials" else _expand(item, sub, file)
+        return out
+    if isinstance(value, list):
+        return [_expand(item, f"{where}[{i}]", file) for i, item in enumerate(value)]
+    if isinstance(value, str):
+
+        def repl(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is not None:
+                return found
+            if default is not None:
+                return default
+            raise ConfigError(f"{file}: {where}: environment variable {name} is not set")
+
+        return _ENV_REF.sub(repl, value)
+    return value
+
+
+def _format_validation_error(file: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{file}: {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline file; raise ConfigError naming the file and the key."""
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the pipeline file: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: the pipeline file must be a mapping of keys")
+    expanded = _expand(raw, "", file)
+    try:
+        config = PipelineConfig.model_validate({**expanded, "path": file})
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(file, exc)) from None
+    # Vendor-specific checks (known vendor, options, mapping rules) live with each vendor.
+    from etl.vendors import check_destination
+
+    for name, dest in config.destinations.items():
+        for problem in check_destination(dest):
+            raise ConfigError(f"{file}: destinations.{name}.{problem}")
+    return config
+
+
+def resolve_credentials(name: str, dest: DestinationConfig) -> dict[str, str]:
+    """Read a destination's credentials from the environment; called when a run starts."""
+    resolved = {}
+    for key, ref in dest.credentials.items():
+        match = _SECRET_REF.match(ref)
+        assert match is not None  # validated on load
+        var = match.group(1)
+        value = os.environ.get(var)
+        if not value:
+            raise ConfigError(
+                f"destination {name!r}: environment variable {var} "
+                f"(credentials.{key}) is not set or empty"
+            )
+        resolved[key] = value
+    return resolved

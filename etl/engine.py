@@ -1,0 +1,272 @@
+"""One destination and one partition: read, map, batch, send, checkpoint, reconcile.
+
+Batches go out with up to ``max_in_flight`` requests at once but are committed strictly in order,
+so the cursor only ever moves over a contiguous run of acknowledged batches.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
+from typing import IO, Protocol
+
+from etl.batching import Batcher
+from etl.config import DestinationConfig, SourceConfig
+from etl.errors import AccountingError
+from etl.events import Batch, Position, SendResult
+from etl.mapping import Mapper, mapping_fingerprint
+from etl.sender import Sender
+from etl.source import Source
+from etl.state import StateStore
+from etl.vendors.base import Vendor
+
+RowsCallback = Callable[[int], None]
+
+
+@dataclass
+class PartitionReport:
+    """What one run did to one partition (this run's numbers and the partition's totals)."""
+
+    destination: str
+    partition: str
+    status: str = "complete"
+    rows_read: int = 0  # this run
+    delivered: int = 0
+    dead_letters: int = 0
+    filtered: int = 0
+    in_doubt: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    seconds: float = 0.0
+    cursor: str | None = None
+    total: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    samples: list[dict[str, object]] = field(default_factory=list)
+
+    def add(self, batch: Batch, result: SendResult, in_doubt: int) -> None:
+        self.rows_read += batch.rows_read
+        self.delivered += len(result.delivered)
+        self.dead_letters += len(batch.rejected) + len(result.dead)
+        self.filtered += batch.filtered
+        self.in_doubt += in_doubt
+        self.requests += result.requests
+        self.retries += result.retries
+        self.throttled += result.throttled
+        if len(self.samples) < 3 and batch.payloads:
+            self.samples.append(batch.payloads[0])
+
+
+@dataclass
+class DestinationContext:
+    """Everything needed to process partitions of one destination."""
+
+    name: str
+    config: DestinationConfig
+    vendor: Vendor
+    source: Source
+    source_config: SourceConfig
+    store: StateStore | None
+    sender: Sender | None
+
+    @property
+    def fingerprint(self) -> str:
+        return mapping_fingerprint(self.source_config, self.config)
+
+    def batcher(self, first_seq: int) -> Batcher:
+        endpoint = self.vendor.endpoint()
+        size = min(self.config.batch_size or endpoint.max_events, endpoint.max_events)
+        return Batcher(self.vendor, size, endpoint.max_bytes, first_seq)
+
+
+class BatchSink(Protocol):
+    def submit(self, batch: Batch) -> None: ...
+    def drain(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+def _in_ranges(position: Position, ranges: list[tuple[Position, Position]]) -> bool:
+    return any(first <= position <= last for first, last in ranges)
+
+
+class DeliverySink:
+    """Sends batches on a thread pool and commits their results in order."""
+
+    def __init__(
+        self,
+        ctx: DestinationContext,
+        partition: str,
+        report: PartitionReport,
+        in_doubt_ranges: list[tuple[Position, Position]],
+    ) -> None:
+        assert ctx.store is not None and ctx.sender is not None
+        self.ctx = ctx
+        self.store = ctx.store
+        self.sender = ctx.sender
+        self.partition = partition
+        self.report = report
+        self.ranges = in_doubt_ranges
+        self.max_in_flight = ctx.config.max_in_flight
+        self.pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix=f"send-{ctx.name}")
+        self.pending: deque[tuple[Batch, Future[SendResult]]] = deque()
+
+    def submit(self, batch: Batch) -> None:
+        future: Future[SendResult]
+        if batch.events:
+            self.store.mark_sent(self.ctx.name, self.partition, batch)
+            future = self.pool.submit(self.sender.send, batch.encoded)
+        else:
+            future = Future()
+            future.set_result(SendResult())
+        self.pending.append((batch, future))
+        self._commit(until=self.max_in_flight - 1)
+
+    def _commit(self, until: int) -> None:
+        """Commit finished batches in order, waiting for the oldest while more than ``until``
+        are pending."""
+        while self.pending and (len(self.pending) > until or self.pending[0][1].done()):
+            batch, future = self.pending.popleft()
+            result = future.result()  # raises DeliveryError: the caller aborts
+            in_doubt = self._in_doubt(batch, result)
+            self.store.commit(self.ctx.name, self.partition, batch, result, in_doubt)
+            self.report.add(batch, result, in_doubt)
+
+    def _in_doubt(self, batch: Batch, result: SendResult) -> int:
+        """Events delivered now that an earlier attempt may have delivered too (no vendor dedup)."""
+        if self.ctx.vendor.deduplicates:
+            return 0
+        return sum(
+            1
+            for i in result.delivered
+            if i in result.ambiguous or _in_ranges(batch.events[i].position, self.ranges)
+        )
+
+    def drain(self) -> None:
+        self._commit(until=0)
+        self.pool.shutdown()
+
+    def abort(self) -> None:
+        """Stop sending; batches already in flight finish but stay uncommitted (in doubt)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()
+
+
+class DryRunSink:
+    """Writes each payload as a JSON line instead of sending it; touches no state."""
+
+    def __init__(
+        self, ctx: DestinationContext, partition: str, report: PartitionReport, out: IO[str]
+    ):
+        self.ctx = ctx
+        self.partition = partition
+        self.report = report
+        self.out = out
+
+    def submit(self, batch: Batch) -> None:
+        for event, payload in zip(batch.events, batch.payloads, strict=True):
+            line = {
+                "destination": self.ctx.name,
+                "partition": self.partition,
+                "event_id": event.event_id,
+                "batch": batch.seq,
+                "payload": payload,
+            }
+            self.out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self.report.add(batch, SendResult(delivered=list(range(len(batch.events)))), 0)
+
+    def drain(self) -> None:
+        self.out.flush()
+
+    def abort(self) -> None:
+        self.out.flush()
+
+
+def run_partition(
+    ctx: DestinationContext,
+    day: date,
+    *,
+    restart: bool = False,
+    dry_run: IO[str] | None = None,
+    on_rows: RowsCallback | None = None,
+) -> PartitionReport:
+    """Send one day of one destination, resuming after its checkpoint; check the accounting."""
+    partition = day.isoformat()
+    report = PartitionReport(ctx.name, partition)
+    started = time.monotonic()
+    mapper = Mapper(ctx.name, ctx.config, ctx.source_config, ctx.vendor)
+    store = ctx.store
+    sink: BatchSink
+    if dry_run is not None:
+        checkpoint = store.load(ctx.name, partition) if store and not restart else None
+        cursor = checkpoint.cursor if checkpoint else None
+        batcher = ctx.batcher(1)
+        sink = DryRunSink(ctx, partition, report, dry_run)
+    else:
+        assert store is not None
+        checkpoint = store.start(ctx.name, partition, ctx.fingerprint, restart)
+        cursor = checkpoint.cursor
+        batcher = ctx.batcher(store.next_seq(ctx.name, partition))
+        sink = DeliverySink(ctx, partition, report, store.in_doubt_ranges(ctx.name, partition))
+    try:
+        for chunk in ctx.source.read(day, mapper.columns, after=cursor):
+            for row in chunk:
+                for batch in batcher.add(mapper.map_row(row)):
+                    sink.submit(batch)
+            if on_rows:
+                on_rows(len(chunk))
+        last = batcher.flush()
+        if last is not None:
+            sink.submit(last)
+        sink.drain()
+    except BaseException as exc:
+        sink.abort()
+        if dry_run is None and store is not None:
+            status = "failed" if isinstance(exc, Exception) else "interrupted"
+            store.finish(ctx.name, partition, status, str(exc)[:2000])
+        raise
+    report.seconds = time.monotonic() - started
+    if dry_run is None and store is not None:
+        _reconcile(ctx, store, day, report)
+    return report
+
+
+def _reconcile(
+    ctx: DestinationContext, store: StateStore, day: date, report: PartitionReport
+) -> None:
+    """rows read = delivered + dead letters + filtered, and rows read = rows in the window."""
+    partition = day.isoformat()
+    cp = store.load(ctx.name, partition)
+    assert cp is not None
+    in_window = ctx.source.count(day, day)
+    report.total = {
+        "rows_read": cp.rows_read,
+        "delivered": cp.delivered,
+        "dead_letters": cp.dead_letters,
+        "filtered": cp.filtered,
+        "in_doubt": cp.in_doubt,
+        "rows_in_window": in_window,
+    }
+    report.cursor = json.dumps(cp.cursor, default=str) if cp.cursor else None
+    problems = []
+    if not cp.balanced:
+        problems.append(
+            f"rows read {cp.rows_read} != delivered {cp.delivered} + dead letters "
+            f"{cp.dead_letters} + filtered {cp.filtered}"
+        )
+    if cp.rows_read != in_window:
+        problems.append(
+            f"{in_window} rows in the window but {cp.rows_read} read (rows added behind the "
+            f"cursor, or removed, since this partition was sent; --restart resends it)"
+        )
+    if problems:
+        message = f"{ctx.name} {partition}: accounting does not balance: " + "; ".join(problems)
+        store.finish(ctx.name, partition, "failed", message)
+        report.status = "failed"
+        report.error = message
+        raise AccountingError(message)
+    store.finish(ctx.name, partition, "complete", None)

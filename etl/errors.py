@@ -1,0 +1,35 @@
+"""Errors, sorted by what the caller must do. Every error the tool raises derives from EtlError."""
+
+from __future__ import annotations
+
+
+class EtlError(Exception):
+    """Root of every error this tool raises on purpose; the CLI prints it as one line."""
+
+
+class ConfigError(EtlError):
+    """The pipeline file or the environment is wrong: stop before anything is sent."""
+
+
+class SourceError(EtlError):
+    """The warehouse does not have what the pipeline file names."""
+
+
+class MappingChangedError(EtlError):
+    """A partition that is partly sent would be continued with a different mapping."""
+
+
+class AccountingError(EtlError):
+    """rows read != delivered + dead letters + filtered for a partition."""
+
+
+class DeliveryError(EtlError):
+    """A destination could not deliver; the run of that destination stops."""
+
+
+class FatalDeliveryError(DeliveryError):
+    """The vendor refused the credential (401/403): nothing will get through until it is fixed."""
+
+
+class RetriesExhaustedError(DeliveryError):
+    """A retryable failure (429, 5xx, timeout) persisted past the retry budget."""

@@ -1,0 +1,101 @@
+"""The typed objects carried through the pipeline: events, row outcomes, batches, send results."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# A row's place in the keyset order: (raw timestamp, raw key) as the warehouse gave them.
+Position = tuple[Any, Any]
+
+ArgValue = str | int | float | bool
+
+
+def event_id_for(destination: str, source_key: Any) -> str:
+    """Deterministic event identity from the destination and the source row's key."""
+    digest = hashlib.sha256(f"{destination}\x1f{source_key}".encode()).hexdigest()
+    return digest[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One source row as an event for one destination, before vendor encoding."""
+
+    event_id: str
+    source_key: str
+    position: Position
+    name: str
+    user_id: str
+    user_type: str | None
+    occurred_at: datetime
+    args: dict[str, ArgValue]
+
+
+@dataclass(frozen=True, slots=True)
+class Filtered:
+    """The row is not for this destination."""
+
+    position: Position
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The row cannot become a valid event; it becomes a dead letter with this reason."""
+
+    position: Position
+    source_key: str
+    event_id: str
+    reason: str
+    row: dict[str, Any]
+
+
+RowOutcome = Event | Filtered | Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event (or row) that will not be delivered, and why."""
+
+    event_id: str
+    source_key: str
+    reason: str
+    payload: dict[str, Any]
+    vendor_status: int | None = None
+    vendor_message: str | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """A run of consecutive source rows: the events to send plus the rows that need no request.
+
+    ``first``/``last`` bound every row assigned to the batch, so that acknowledging it lets the
+    cursor move past all of them.
+    """
+
+    seq: int
+    first: Position
+    last: Position
+    events: list[Event] = field(default_factory=list)
+    payloads: list[dict[str, Any]] = field(default_factory=list)
+    encoded: list[bytes] = field(default_factory=list)  # each payload's JSON, encoded once
+    nbytes: int = 0
+    rows_read: int = 0
+    filtered: int = 0
+    rejected: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SendResult:
+    """What the vendor did with a batch's events."""
+
+    delivered: list[int] = field(default_factory=list)  # indexes into Batch.events
+    dead: list[tuple[int, int | None, str]] = field(default_factory=list)  # index, status, message
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0  # 429 responses
+    ambiguous: set[int] = field(
+        default_factory=set
+    )  # retried after a failure that may have stored them
+    last_status: int | None = None

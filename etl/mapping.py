@@ -1,0 +1,190 @@
+"""Mapping: one source row in, an Event, Filtered or Rejected (with its reason) out. Pure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from etl.config import ArgSpec, DestinationConfig, EventNameFromColumn, SourceConfig
+from etl.events import ArgValue, Event, Filtered, Rejected, RowOutcome, event_id_for
+from etl.timestamps import TimestampError, to_utc
+from etl.vendors.base import Vendor
+
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+
+
+def is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-serializable form of a warehouse value (for dead-letter rows and cursors)."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class ArgTypeError(ValueError):
+    pass
+
+
+def coerce_arg(value: Any, kind: str) -> ArgValue:
+    """Convert a warehouse value to the declared parameter type, or raise ArgTypeError."""
+    if kind == "string":
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(json_safe(value))
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int | float | Decimal) and value in (0, 1):
+            return bool(value)
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ArgTypeError(f"{str(value)[:40]!r} is not a boolean")
+    # number / integer
+    if isinstance(value, bool):
+        raise ArgTypeError(f"{value!r} is a boolean, not a {kind}")
+    number: int | float
+    if isinstance(value, int):
+        number = value
+    else:
+        try:
+            number = float(value) if not isinstance(value, str) else float(value.strip())
+        except (TypeError, ValueError):
+            raise ArgTypeError(f"{str(value)[:40]!r} is not a number") from None
+        if not math.isfinite(number):
+            raise ArgTypeError(f"{value!r} is not a finite number")
+        if number.is_integer() and abs(number) < 2**53:
+            number = int(number)
+    if kind == "integer" and not isinstance(number, int):
+        raise ArgTypeError(f"{value!r} is not an integer")
+    return number
+
+
+def mapping_fingerprint(source: SourceConfig, dest: DestinationConfig) -> str:
+    """Changes whenever a setting changes which rows become which events, with what content."""
+    basis = {
+        "vendor": dest.vendor,
+        "options": dest.options,
+        "mapping": dest.mapping.model_dump(mode="json"),
+        "source": [source.key_column, source.timestamp_column, source.timestamp_type],
+        "timezone": source.timezone,
+    }
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Mapper:
+    """Turns rows into events for one destination; pure apart from its immutable settings."""
+
+    def __init__(
+        self, destination: str, dest: DestinationConfig, source: SourceConfig, vendor: Vendor
+    ):
+        self.destination = destination
+        self.mapping = dest.mapping
+        self.vendor = vendor
+        self.key_column = source.key_column
+        self.ts_column = source.timestamp_column
+        self.ts_type = source.timestamp_type
+        self.tz = ZoneInfo(source.timezone)
+        self._filters = {
+            col: {_normalize(v) for v in allowed} for col, allowed in self.mapping.filter.items()
+        }
+        self.columns = sorted(self.mapping.columns() | {self.key_column, self.ts_column})
+
+    def map_row(self, row: dict[str, Any]) -> RowOutcome:
+        position = (row[self.ts_column], row[self.key_column])
+        for col, allowed in self._filters.items():
+            if _normalize(row.get(col)) not in allowed:
+                return Filtered(position)
+        source_key = str(json_safe(row[self.key_column]))
+        event_id = event_id_for(self.destination, source_key)
+
+        def reject(reason: str) -> Rejected:
+            safe_row = {c: json_safe(row.get(c)) for c in self.columns}
+            return Rejected(position, source_key, event_id, reason, safe_row)
+
+        try:
+            occurred_at = to_utc(row[self.ts_column], self.ts_type, self.tz)
+        except TimestampError as exc:
+            return reject(f"{self.ts_column}: {exc}")
+
+        name_spec = self.mapping.event_name
+        if isinstance(name_spec, EventNameFromColumn):
+            raw_name = row.get(name_spec.column)
+            if is_missing(raw_name):
+                return reject(f"event name column {name_spec.column} is empty")
+            name = name_spec.rename.get(str(raw_name), str(raw_name))
+        else:
+            name = name_spec
+
+        user = self.mapping.user
+        user_value = row.get(user.column)
+        if is_missing(user_value):
+            return reject(f"user identifier (column {user.column}) is missing")
+        user_type = user.type
+        if user.type_column is not None:
+            raw_type = row.get(user.type_column)
+            if is_missing(raw_type):
+                return reject(f"user identifier type (column {user.type_column}) is missing")
+            user_type = str(raw_type).strip()
+
+        args: dict[str, ArgValue] = {}
+        for arg_name, spec in self.mapping.args.items():
+            problem = _add_arg(args, arg_name, spec, row.get(spec.column))
+            if problem:
+                return reject(problem)
+
+        event = Event(
+            event_id=event_id,
+            source_key=source_key,
+            position=position,
+            name=name,
+            user_id=str(json_safe(user_value)).strip(),
+            user_type=user_type,
+            occurred_at=occurred_at,
+            args=args,
+        )
+        problem = self.vendor.validate(event)
+        return reject(problem) if problem else event
+
+
+def _add_arg(args: dict[str, ArgValue], name: str, spec: ArgSpec, value: Any) -> str | None:
+    if is_missing(value):
+        if spec.required:
+            return f"parameter {name} (column {spec.column}) is missing"
+        return None
+    try:
+        args[name] = coerce_arg(value, spec.type)
+    except ArgTypeError as exc:
+        return f"parameter {name} (column {spec.column}): {exc}"
+    return None
+
+
+def _normalize(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,75 @@
+"""Pacing requests so that a vendor's known limit is never exceeded.
+
+One :class:`TokenBucket` per endpoint and credential (see :class:`BucketRegistry`), shared by
+every thread and destination of a run that sends there. It is a GCRA-style bucket: each caller
+reserves the next free slot under a lock and then sleeps outside it, so requests in flight are
+spaced evenly at the limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+
+
+class TokenBucket:
+    """``rate`` requests per second on average, at most ``burst`` at once."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int = 1,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = time.sleep,
+    ) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.interval = 1.0 / rate
+        self.tolerance = (burst - 1) * self.interval
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next = clock()  # theoretical arrival time of the next request
+
+    def reserve(self) -> float:
+        """Take the next slot; return the clock time at which the caller may use it."""
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next - self.tolerance)
+            self._next = max(self._next, now) + self.interval
+            return start
+
+    def acquire(self) -> float:
+        """Wait for the next slot; return the seconds waited."""
+        slot = self.reserve()
+        waited = 0.0
+        # Sleep until the slot's time, however the clock moved meanwhile (other threads too).
+        while (remaining := slot - self._clock()) > 0:
+            self._sleep(remaining)
+            waited += remaining
+        return waited
+
+    def pause(self, seconds: float) -> None:
+        """Push every later slot back, after the vendor said to wait (429 with Retry-After)."""
+        with self._lock:
+            self._next = max(self._next, self._clock() + seconds)
+
+
+class BucketRegistry:
+    """One bucket per (endpoint URL, credential); the credential is kept only as a hash."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._lock = threading.Lock()
+
+    def get(self, url: str, credential: str, factory: Callable[[], TokenBucket]) -> TokenBucket:
+        key = (url, hashlib.sha256(credential.encode()).hexdigest())
+        with self._lock:
+            if key not in self._buckets:
+                self._buckets[key] = factory()
+            return self._buckets[key]

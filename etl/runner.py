@@ -1,0 +1,213 @@
+"""A backfill run: the chosen destinations over a range of daily partitions."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+from tqdm import tqdm
+
+from etl.config import PipelineConfig, resolve_credentials
+from etl.engine import DestinationContext, PartitionReport, run_partition
+from etl.errors import AccountingError, ConfigError, DeliveryError
+from etl.ratelimit import BucketRegistry, Clock, Sleep
+from etl.retry import RetryPolicy, full_jitter
+from etl.sender import Sender
+from etl.source import Source
+from etl.state import StateStore, open_store
+from etl.vendors import vendor_class
+
+
+@dataclass
+class DestinationReport:
+    name: str
+    vendor: str
+    partitions: list[PartitionReport] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    def total(self, attr: str) -> int:
+        return sum(int(getattr(p, attr)) for p in self.partitions)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.total("delivered") / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def failed(self) -> list[PartitionReport]:
+        return [p for p in self.partitions if p.status != "complete"]
+
+
+@dataclass
+class RunReport:
+    destinations: list[DestinationReport]
+    state_tables: list[str]
+    first_day: date
+    last_day: date
+
+    @property
+    def ok(self) -> bool:
+        return all(d.error is None and not d.failed for d in self.destinations)
+
+    @property
+    def rows_read(self) -> int:
+        return sum(d.total("rows_read") for d in self.destinations)
+
+
+def yesterday() -> date:
+    return datetime.now(UTC).date() - timedelta(days=1)
+
+
+def days_between(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def select_destinations(config: PipelineConfig, names: list[str] | None) -> list[str]:
+    if not names:
+        return [n for n, d in config.destinations.items() if d.enabled]
+    unknown = [n for n in names if n not in config.destinations]
+    if unknown:
+        raise ConfigError(
+            f"unknown destination(s) {', '.join(unknown)}; the pipeline file has "
+            f"{', '.join(config.destinations)}"
+        )
+    return names
+
+
+def run_backfill(
+    config: PipelineConfig,
+    *,
+    destinations: list[str] | None = None,
+    first_day: date | None = None,
+    last_day: date | None = None,
+    restart: bool = False,
+    dry_run: Path | None = None,
+    progress: bool = False,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+    jitter: Callable[[float], float] = full_jitter,
+    log: Callable[[str], None] | None = None,
+) -> RunReport:
+    """Send (or with ``dry_run`` write out) every partition of the range; resume where it stopped.
+
+    Partitions are UTC days from ``first_day`` (default: the pipeline's start_date) to
+    ``last_day`` inclusive (default: yesterday). A destination whose credential is refused or
+    whose retries run out stops; the others go on. Accounting failures are reported per partition.
+    """
+    first = first_day or config.start_date
+    last = last_day or yesterday()
+    if last < first:
+        raise ConfigError(f"the range is empty: {first} is after {last}")
+    names = select_destinations(config, destinations)
+    # Every secret is read now, before anything is sent, so a missing one stops the run at once.
+    credentials = (
+        {} if dry_run else {n: resolve_credentials(n, config.destinations[n]) for n in names}
+    )
+    source = Source(config)
+    store: StateStore | None = None
+    if dry_run is None:
+        store = open_store(config, source.engine)
+    days = days_between(first, last)
+    buckets = BucketRegistry()
+    reports = []
+    out: IO[str] | None = open(dry_run, "w", encoding="utf-8") if dry_run else None  # noqa: SIM115
+    try:
+        for name in names:
+            reports.append(
+                _run_destination(
+                    config, name, source, store, credentials.get(name, {}), days,
+                    restart=restart, out=out, progress=progress, buckets=buckets,
+                    clock=clock, sleep=sleep, jitter=jitter, log=log,
+                )
+            )  # fmt: skip
+    finally:
+        if out is not None:
+            out.close()
+        source.engine.dispose()
+        if store is not None:
+            store.engine.dispose()
+    tables = store.table_names() if store else []
+    return RunReport(reports, tables, first, last)
+
+
+def _run_destination(
+    config: PipelineConfig,
+    name: str,
+    source: Source,
+    store: StateStore | None,
+    credentials: dict[str, str],
+    days: list[date],
+    *,
+    restart: bool,
+    out: IO[str] | None,
+    progress: bool,
+    buckets: BucketRegistry,
+    clock: Clock,
+    sleep: Sleep,
+    jitter: Callable[[float], float],
+    log: Callable[[str], None] | None,
+) -> DestinationReport:
+    dest = config.destinations[name]
+    vendor = vendor_class(dest.vendor).from_config(dest)
+    sender = None
+    if out is None:
+        rate = dest.rate_limit or vendor.endpoint().rate_limit
+        sender = Sender(
+            name,
+            vendor,
+            dest.base_url,
+            credentials,
+            credential_hint=f"the key in {', '.join(dest.credentials.values())} "
+            f"(destinations.{name}.credentials)",
+            timeout=dest.timeout_seconds,
+            policy=RetryPolicy(max_attempts=dest.max_attempts, jitter=jitter),
+            rate=rate.per_second,
+            burst=rate.burst,
+            pool_size=dest.max_in_flight,
+            buckets=buckets,
+            clock=clock,
+            sleep=sleep,
+        )
+    ctx = DestinationContext(name, dest, vendor, source, config.source, store, sender)
+    report = DestinationReport(name, dest.vendor)
+    remaining = source.count(days[0], days[-1])
+    if store is not None and not restart:
+        done = {d.isoformat() for d in days}
+        remaining -= sum(cp.rows_read for cp in store.checkpoints_of(name) if cp.partition in done)
+    started = time.monotonic()
+    bar = tqdm(
+        total=max(remaining, 0),
+        unit="rows",
+        desc=name,
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    try:
+        for day in days:
+            try:
+                report.partitions.append(
+                    run_partition(ctx, day, restart=restart, dry_run=out, on_rows=bar.update)
+                )
+            except AccountingError as exc:
+                failed = PartitionReport(name, day.isoformat(), status="failed", error=str(exc))
+                report.partitions.append(failed)
+                if log:
+                    log(str(exc))
+            except DeliveryError as exc:
+                report.error = str(exc)
+                report.partitions.append(
+                    PartitionReport(name, day.isoformat(), status="failed", error=str(exc))
+                )
+                break
+    finally:
+        bar.close()
+        if sender is not None:
+            sender.close()
+    report.seconds = time.monotonic() - started
+    return report

@@ -1,0 +1,243 @@
+"""A local HTTP emulation of the vendors' event APIs, for the demo, the tests and dry rehearsals.
+
+Each vendor lives under its own path prefix (``/fuul/api/v1/...``) and enforces the rules of
+``vendors.md``: auth, validation, batch limits, deduplication, rate limits with 429 and
+Retry-After. Faults are injected on request (5xx, responses lost after storing, latency), and
+everything accepted is recorded so that a test can check what a vendor really received.
+
+Control endpoints (no auth): ``GET /_sandbox/records?vendor=fuul``, ``GET /_sandbox/stats``,
+``POST /_sandbox/faults`` with ``{"fuul": {"error_rate": 0.1, ...}}``, ``POST /_sandbox/reset``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlparse
+
+
+@dataclass
+class Faults:
+    """Faults injected into one vendor's responses."""
+
+    error_rate: float = 0.0  # answer 503 without storing
+    lose_rate: float = 0.0  # store, then drop the connection without answering
+    latency_ms: float = 0.0  # added before every answer
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any = None
+    headers: dict[str, str] | None = None
+    content_type: str = "application/json"
+
+
+class SlidingWindow:
+    """At most ``limit`` requests per key in any window of ``seconds`` (the strict reading)."""
+
+    def __init__(self, limit: int, seconds: float, clock: Callable[[], float]) -> None:
+        self.limit = limit
+        self.seconds = seconds
+        self.clock = clock
+        self.hits: dict[str, deque[float]] = defaultdict(deque)
+
+    def check(self, key: str) -> float | None:
+        """Record a request; return None if allowed, else the seconds until it would be."""
+        now = self.clock()
+        hits = self.hits[key]
+        while hits and hits[0] <= now - self.seconds:
+            hits.popleft()
+        if len(hits) >= self.limit:
+            return max(hits[0] + self.seconds - now, 0.001)
+        hits.append(now)
+        return None
+
+
+class VendorEmulator:
+    """One vendor's API. Subclasses route requests; the sandbox serializes calls with its lock."""
+
+    name: ClassVar[str]
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+
+    def limiter(self, requests: int, per_seconds: float) -> SlidingWindow:
+        return SlidingWindow(requests, per_seconds / self.sandbox.time_scale, self.sandbox.clock)
+
+    def throttled(self, retry_after: float) -> Reply:
+        self.sandbox.stats[self.name]["throttled"] += 1
+        shown = (
+            f"{retry_after:.3f}".rstrip("0").rstrip(".")
+            if retry_after < 10
+            else str(int(retry_after + 0.999))
+        )
+        return Reply(429, {"message": "Too many requests"}, {"Retry-After": shown})
+
+    def store(self, event: dict[str, Any]) -> None:
+        self.sandbox.record(self.name, event)
+
+    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+        raise NotImplementedError
+
+
+class Sandbox:
+    """The state behind the server: emulators, records, stats, faults, clock and time scale."""
+
+    def __init__(
+        self,
+        time_scale: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int = 0,
+        record_path: Path | None = None,
+        fuul_triggers: set[str] | None = None,
+    ) -> None:
+        self.time_scale = time_scale
+        self.clock = clock
+        self.random = random.Random(seed)
+        self.lock = threading.Lock()
+        self.record_path = record_path
+        self.records: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.stats: dict[str, Counter[str]] = defaultdict(Counter)
+        self.faults: dict[str, Faults] = defaultdict(Faults)
+        self.fuul_triggers = fuul_triggers
+        self.emulators = self._emulators()
+
+    def _emulators(self) -> dict[str, VendorEmulator]:
+        from etl.sandbox.fuul import FuulEmulator
+
+        return {"fuul": FuulEmulator(self, triggers=self.fuul_triggers)}
+
+    def record(self, vendor: str, event: dict[str, Any]) -> None:
+        self.records[vendor].append(event)
+        self.stats[vendor]["stored"] += 1
+        if self.record_path is not None:
+            with self.record_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"vendor": vendor, "event": event}) + "\n")
+
+    def set_faults(self, vendor: str, **values: float) -> None:
+        with self.lock:
+            self.faults[vendor] = Faults(**{**asdict(self.faults[vendor]), **values})
+
+    def reset(self) -> None:
+        with self.lock:
+            self.records.clear()
+            self.stats.clear()
+            self.faults.clear()
+            self.emulators = self._emulators()
+
+    def dispatch(
+        self, method: str, raw_path: str, headers: dict[str, str], body: bytes
+    ) -> Reply | None:
+        """The reply to a request, or None to drop the connection (a lost response)."""
+        url = urlparse(raw_path)
+        parts = url.path.strip("/").split("/", 1)
+        if parts[0] == "_sandbox":
+            return self._control(method, parts[1] if len(parts) > 1 else "", url.query, body)
+        emulator = self.emulators.get(parts[0])
+        if emulator is None:
+            return Reply(404, {"message": f"no vendor at /{parts[0]}"})
+        faults = self.faults[emulator.name]
+        if faults.latency_ms:
+            time.sleep(faults.latency_ms / 1000)
+        with self.lock:
+            stats = self.stats[emulator.name]
+            stats["requests"] += 1
+            if faults.error_rate and self.random.random() < faults.error_rate:
+                stats["errors"] += 1
+                return Reply(503, {"message": "Service unavailable (injected)"})
+            lose = bool(faults.lose_rate and self.random.random() < faults.lose_rate)
+            reply = emulator.handle(
+                method, "/" + (parts[1] if len(parts) > 1 else ""), headers, body
+            )
+            stats[f"status_{reply.status}"] += 1
+            if lose and reply.status < 300:
+                stats["lost"] += 1
+                return None
+            return reply
+
+    def _control(self, method: str, path: str, query: str, body: bytes) -> Reply:
+        if method == "GET" and path == "records":
+            vendor = parse_qs(query).get("vendor", [""])[0]
+            with self.lock:
+                return Reply(200, list(self.records.get(vendor, [])))
+        if method == "GET" and path == "stats":
+            with self.lock:
+                return Reply(200, {k: dict(v) for k, v in self.stats.items()})
+        if method == "POST" and path == "faults":
+            for vendor, values in json.loads(body or b"{}").items():
+                self.set_faults(vendor, **values)
+            return Reply(200, {"ok": True})
+        if method == "POST" and path == "reset":
+            self.reset()
+            return Reply(200, {"ok": True})
+        return Reply(404, {"message": "unknown control endpoint"})
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: SandboxServer
+    protocol_version = "HTTP/1.1"
+    wbufsize = 64 * 1024  # headers and body in one send: no delayed-ACK stall on keep-alive
+
+    def _serve(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k: v for k, v in self.headers.items()}
+        reply = self.server.sandbox.dispatch(method, self.path, headers, body)
+        if reply is None:
+            self.close_connection = True
+            return
+        if reply.content_type == "application/json":
+            data = json.dumps(reply.body).encode()
+        else:
+            data = str(reply.body).encode()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (reply.headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the stats say it all
+        return
+
+
+class SandboxServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sandbox = sandbox
+        super().__init__((host, port), _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> SandboxServer:
+        threading.Thread(target=self.serve_forever, name="sandbox", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def start_sandbox(host: str = "127.0.0.1", port: int = 0, **options: Any) -> SandboxServer:
+    """Start a sandbox in a background thread; ``.url`` is its base URL, ``.stop()`` ends it."""
+    return SandboxServer(Sandbox(**options), host, port).start()

@@ -1,0 +1,486 @@
+"""Checkpoints, the batch ledger and dead letters, kept in the warehouse.
+
+The three tables are defined here and only here; ``sql/state_tables.sql`` is generated from these
+definitions (``etl state-ddl``) for the people who review warehouse changes, and a test keeps the
+two equal. Every acknowledged batch is committed in one transaction: ledger row, dead letters,
+counters and cursor together, so that what the tables say is always what the vendor has.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from etl.config import PipelineConfig
+from etl.errors import ConfigError, MappingChangedError
+from etl.events import Batch, DeadLetter, Position, SendResult
+
+COUNTERS = ("rows_read", "delivered", "dead_letters", "filtered", "in_doubt")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def encode_position(position: Position | None) -> str | None:
+    """A cursor as JSON text, keeping datetimes and decimals distinguishable from strings."""
+    if position is None:
+        return None
+
+    def enc(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return {"datetime": value.isoformat()}
+        if isinstance(value, date):
+            return {"date": value.isoformat()}
+        if isinstance(value, Decimal):
+            return {"decimal": str(value)}
+        return value
+
+    return json.dumps([enc(position[0]), enc(position[1])])
+
+
+def decode_position(text: str | None) -> Position | None:
+    if text is None:
+        return None
+
+    def dec(value: Any) -> Any:
+        if isinstance(value, dict):
+            if "datetime" in value:
+                return datetime.fromisoformat(value["datetime"])
+            if "date" in value:
+                return date.fromisoformat(value["date"])
+            if "decimal" in value:
+                return Decimal(value["decimal"])
+        return value
+
+    ts, key = json.loads(text)
+    return (dec(ts), dec(key))
+
+
+def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> dict[str, sa.Table]:
+    """The three state tables, named ``<prefix>checkpoints`` and so on."""
+    ts = sa.DateTime(timezone=True)
+    checkpoints = sa.Table(
+        f"{prefix}checkpoints",
+        metadata,
+        sa.Column("destination", sa.String(100), primary_key=True),
+        sa.Column("partition", sa.String(10), primary_key=True, comment="UTC day, YYYY-MM-DD"),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("cursor", sa.Text, comment="last committed (timestamp, key), JSON"),
+        *(sa.Column(c, sa.BigInteger, nullable=False, default=0) for c in COUNTERS),
+        sa.Column("requests", sa.BigInteger, nullable=False, default=0),
+        sa.Column("retries", sa.BigInteger, nullable=False, default=0),
+        sa.Column("throttled", sa.BigInteger, nullable=False, default=0, comment="429s"),
+        sa.Column("fingerprint", sa.String(32), nullable=False),
+        sa.Column("error", sa.Text),
+        sa.Column("started_at", ts, nullable=False),
+        sa.Column("updated_at", ts, nullable=False),
+        sa.Column("completed_at", ts),
+        schema=schema,
+    )
+    batches = sa.Table(
+        f"{prefix}batches",
+        metadata,
+        sa.Column("destination", sa.String(100), primary_key=True),
+        sa.Column("partition", sa.String(10), primary_key=True),
+        sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("first_position", sa.Text, nullable=False),
+        sa.Column("last_position", sa.Text, nullable=False),
+        sa.Column("event_count", sa.Integer, nullable=False),
+        sa.Column("bytes", sa.Integer, nullable=False),
+        sa.Column("status", sa.String(20), nullable=False, comment="sent, acked, in_doubt, failed"),
+        sa.Column("attempts", sa.Integer, nullable=False, default=0),
+        sa.Column("last_http_status", sa.Integer),
+        sa.Column("sent_at", ts),
+        sa.Column("acked_at", ts),
+        schema=schema,
+    )
+    dead_letters = sa.Table(
+        f"{prefix}dead_letters",
+        metadata,
+        sa.Column("destination", sa.String(100), primary_key=True),
+        sa.Column("event_id", sa.String(32), primary_key=True),
+        sa.Column("partition", sa.String(10), nullable=False),
+        sa.Column("source_key", sa.Text, nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("vendor_status", sa.Integer),
+        sa.Column("vendor_message", sa.Text),
+        sa.Column("payload", sa.Text, nullable=False, comment="JSON: the payload, or the row"),
+        sa.Column("created_at", ts, nullable=False),
+        sa.Column("replayed_at", ts),
+        schema=schema,
+    )
+    return {"checkpoints": checkpoints, "batches": batches, "dead_letters": dead_letters}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    destination: str
+    partition: str
+    status: str
+    cursor: Position | None
+    rows_read: int
+    delivered: int
+    dead_letters: int
+    filtered: int
+    in_doubt: int
+    requests: int
+    retries: int
+    throttled: int
+    fingerprint: str
+    error: str | None
+    updated_at: datetime | None
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_read == self.delivered + self.dead_letters + self.filtered
+
+
+class StateStore:
+    """Reads and writes the state tables of one pipeline."""
+
+    def __init__(self, engine: Engine, prefix: str = "etl_", schema: str | None = None) -> None:
+        if schema and engine.dialect.name == "sqlite":
+            raise ConfigError("state.schema: SQLite has no schemas; use state.table_prefix")
+        self.engine = engine
+        self.schema = schema
+        self.metadata = sa.MetaData()
+        tables = state_tables(self.metadata, prefix, schema)
+        self.checkpoints = tables["checkpoints"]
+        self.batches = tables["batches"]
+        self.dead = tables["dead_letters"]
+
+    def ensure(self) -> None:
+        """Create the schema and the tables where they are absent."""
+        with self.engine.begin() as conn:
+            if self.schema:
+                conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+            self.metadata.create_all(conn, checkfirst=True)
+
+    def table_names(self) -> list[str]:
+        return [t.fullname for t in (self.checkpoints, self.batches, self.dead)]
+
+    # -- partitions ----------------------------------------------------------------------------
+
+    def _key(self, table: sa.Table, destination: str, partition: str) -> sa.ColumnElement[bool]:
+        return sa.and_(table.c.destination == destination, table.c.partition == partition)
+
+    def load(self, destination: str, partition: str) -> Checkpoint | None:
+        stmt = sa.select(self.checkpoints).where(
+            self._key(self.checkpoints, destination, partition)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return _checkpoint(row) if row else None
+
+    def start(
+        self, destination: str, partition: str, fingerprint: str, restart: bool = False
+    ) -> Checkpoint:
+        """Open a partition for sending; batches sent but never acknowledged become in doubt."""
+        now = _now()
+        with self.engine.begin() as conn:
+            cp_key = self._key(self.checkpoints, destination, partition)
+            row = conn.execute(sa.select(self.checkpoints).where(cp_key)).mappings().first()
+            if row is not None and restart:
+                for table in (self.batches, self.dead, self.checkpoints):
+                    conn.execute(sa.delete(table).where(self._key(table, destination, partition)))
+                row = None
+            if row is None:
+                conn.execute(
+                    sa.insert(self.checkpoints).values(
+                        destination=destination,
+                        partition=partition,
+                        status="running",
+                        fingerprint=fingerprint,
+                        started_at=now,
+                        updated_at=now,
+                        **{c: 0 for c in (*COUNTERS, "requests", "retries", "throttled")},
+                    )
+                )
+            else:
+                if row["fingerprint"] != fingerprint and row["rows_read"] > 0:
+                    raise MappingChangedError(
+                        f"destination {destination!r}, partition {partition}: the mapping changed "
+                        f"since {row['rows_read']} rows of this partition were processed "
+                        f"(fingerprint {row['fingerprint']} -> {fingerprint}); rerun with "
+                        f"--restart to send this partition again from its start"
+                    )
+                conn.execute(
+                    sa.update(self.checkpoints)
+                    .where(cp_key)
+                    .values(status="running", fingerprint=fingerprint, error=None, updated_at=now)
+                )
+            conn.execute(
+                sa.update(self.batches)
+                .where(self._key(self.batches, destination, partition))
+                .where(self.batches.c.status == "sent")
+                .values(status="in_doubt")
+            )
+            row = conn.execute(sa.select(self.checkpoints).where(cp_key)).mappings().one()
+        return _checkpoint(row)
+
+    def in_doubt_ranges(self, destination: str, partition: str) -> list[tuple[Position, Position]]:
+        """Key ranges of batches that were sent but never acknowledged (maybe delivered)."""
+        stmt = sa.select(self.batches.c.first_position, self.batches.c.last_position).where(
+            self._key(self.batches, destination, partition), self.batches.c.status == "in_doubt"
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        ranges = []
+        for first, last in rows:
+            first_pos, last_pos = decode_position(first), decode_position(last)
+            assert first_pos is not None and last_pos is not None
+            ranges.append((first_pos, last_pos))
+        return ranges
+
+    def next_seq(self, destination: str, partition: str) -> int:
+        stmt = sa.select(sa.func.max(self.batches.c.seq)).where(
+            self._key(self.batches, destination, partition)
+        )
+        with self.engine.connect() as conn:
+            last = conn.execute(stmt).scalar()
+        return int(last or 0) + 1
+
+    def mark_sent(self, destination: str, partition: str, batch: Batch) -> None:
+        """Record that a batch is about to be sent, so that a crash leaves it in doubt."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.insert(self.batches).values(
+                    self._ledger_row(destination, partition, batch, "sent")
+                )
+            )
+
+    def _ledger_row(
+        self, destination: str, partition: str, batch: Batch, status: str
+    ) -> dict[str, Any]:
+        return {
+            "destination": destination,
+            "partition": partition,
+            "seq": batch.seq,
+            "first_position": encode_position(batch.first),
+            "last_position": encode_position(batch.last),
+            "event_count": len(batch.events),
+            "bytes": batch.nbytes,
+            "status": status,
+            "attempts": 0,
+            "sent_at": _now() if batch.events else None,
+        }
+
+    def commit(
+        self,
+        destination: str,
+        partition: str,
+        batch: Batch,
+        result: SendResult,
+        in_doubt: int,
+    ) -> None:
+        """One transaction: the batch is acknowledged, its dead letters stored, the cursor moved."""
+        now = _now()
+        dead = list(batch.rejected)
+        for index, status, message in result.dead:
+            event = batch.events[index]
+            dead.append(
+                DeadLetter(
+                    event.event_id,
+                    event.source_key,
+                    f"rejected by vendor: {message}",
+                    batch.payloads[index],
+                    status,
+                    message,
+                )
+            )
+        with self.engine.begin() as conn:
+            if batch.events:
+                conn.execute(
+                    sa.update(self.batches)
+                    .where(self._key(self.batches, destination, partition))
+                    .where(self.batches.c.seq == batch.seq)
+                    .values(
+                        status="acked",
+                        attempts=result.requests,
+                        last_http_status=result.last_status,
+                        acked_at=now,
+                    )
+                )
+            if dead:
+                conn.execute(
+                    sa.insert(self.dead),
+                    [self._dead_row(destination, partition, d, now) for d in dead],
+                )
+            cp = self.checkpoints.c
+            conn.execute(
+                sa.update(self.checkpoints)
+                .where(self._key(self.checkpoints, destination, partition))
+                .values(
+                    cursor=encode_position(batch.last),
+                    rows_read=cp.rows_read + batch.rows_read,
+                    delivered=cp.delivered + len(result.delivered),
+                    dead_letters=cp.dead_letters + len(dead),
+                    filtered=cp.filtered + batch.filtered,
+                    in_doubt=cp.in_doubt + in_doubt,
+                    requests=cp.requests + result.requests,
+                    retries=cp.retries + result.retries,
+                    throttled=cp.throttled + result.throttled,
+                    updated_at=now,
+                )
+            )
+
+    @staticmethod
+    def _dead_row(destination: str, partition: str, d: DeadLetter, now: datetime) -> dict[str, Any]:
+        return {
+            "destination": destination,
+            "event_id": d.event_id,
+            "partition": partition,
+            "source_key": d.source_key,
+            "reason": d.reason,
+            "vendor_status": d.vendor_status,
+            "vendor_message": d.vendor_message,
+            "payload": json.dumps(d.payload, ensure_ascii=False, default=str),
+            "created_at": now,
+        }
+
+    def finish(self, destination: str, partition: str, status: str, error: str | None) -> None:
+        now = _now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(self.checkpoints)
+                .where(self._key(self.checkpoints, destination, partition))
+                .values(
+                    status=status,
+                    error=error,
+                    updated_at=now,
+                    completed_at=now if status == "complete" else None,
+                )
+            )
+
+    # -- reports -------------------------------------------------------------------------------
+
+    def checkpoints_of(self, destination: str | None = None) -> list[Checkpoint]:
+        stmt = sa.select(self.checkpoints).order_by(
+            self.checkpoints.c.destination, self.checkpoints.c.partition
+        )
+        if destination:
+            stmt = stmt.where(self.checkpoints.c.destination == destination)
+        with self.engine.connect() as conn:
+            return [_checkpoint(r) for r in conn.execute(stmt).mappings()]
+
+    def dead_letters(
+        self,
+        destination: str,
+        partition: str | None = None,
+        include_replayed: bool = False,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        d = self.dead.c
+        stmt = sa.select(self.dead).where(d.destination == destination)
+        if partition:
+            stmt = stmt.where(d.partition == partition)
+        if not include_replayed:
+            stmt = stmt.where(d.replayed_at.is_(None))
+        stmt = stmt.order_by(d.partition, d.created_at, d.source_key)
+        if limit:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def record_replay(
+        self,
+        destination: str,
+        delivered: list[tuple[str, str]],
+        still_dead: list[tuple[str, DeadLetter]],
+    ) -> None:
+        """Replayed dead letters: delivered ones are marked and move to the delivered counter."""
+        now = _now()
+        with self.engine.begin() as conn:
+            for partition, event_id in delivered:
+                conn.execute(
+                    sa.update(self.dead)
+                    .where(self.dead.c.destination == destination, self.dead.c.event_id == event_id)
+                    .values(replayed_at=now)
+                )
+                cp = self.checkpoints.c
+                conn.execute(
+                    sa.update(self.checkpoints)
+                    .where(self._key(self.checkpoints, destination, partition))
+                    .values(
+                        delivered=cp.delivered + 1, dead_letters=cp.dead_letters - 1, updated_at=now
+                    )
+                )
+            for _, letter in still_dead:
+                conn.execute(
+                    sa.update(self.dead)
+                    .where(
+                        self.dead.c.destination == destination,
+                        self.dead.c.event_id == letter.event_id,
+                    )
+                    .values(
+                        reason=letter.reason,
+                        vendor_status=letter.vendor_status,
+                        vendor_message=letter.vendor_message,
+                    )
+                )
+
+
+def _checkpoint(row: Any) -> Checkpoint:
+    return Checkpoint(
+        destination=row["destination"],
+        partition=row["partition"],
+        status=row["status"],
+        cursor=decode_position(row["cursor"]),
+        rows_read=row["rows_read"],
+        delivered=row["delivered"],
+        dead_letters=row["dead_letters"],
+        filtered=row["filtered"],
+        in_doubt=row["in_doubt"],
+        requests=row["requests"],
+        retries=row["retries"],
+        throttled=row["throttled"],
+        fingerprint=row["fingerprint"],
+        error=row["error"],
+        updated_at=row["updated_at"],
+    )
+
+
+def generate_ddl(dialect_name: str = "postgresql", prefix: str = "etl_") -> str:
+    """The CREATE TABLE statements of the state tables, for sql/state_tables.sql."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialects: dict[str, sa.Dialect] = {
+        "postgresql": postgresql.dialect(),  # type: ignore[no-untyped-call]
+        "sqlite": sqlite.dialect(),
+    }
+    dialect = dialects[dialect_name]
+    metadata = sa.MetaData()
+    tables = state_tables(metadata, prefix, None)
+    parts = [
+        "\n".join(
+            line.rstrip()
+            for line in str(sa.schema.CreateTable(t).compile(dialect=dialect)).strip().splitlines()
+        )
+        + ";"
+        for t in tables.values()
+    ]
+    header = (
+        f"-- State tables of etl-backfill ({dialect_name}, prefix {prefix!r}).\n"
+        "-- Generated by `etl state-ddl` from etl/state.py, which creates them when absent;\n"
+        "-- with state.schema set they are created in that schema.\n\n"
+    )
+    return header + "\n\n".join(parts) + "\n"
+
+
+def open_store(config: PipelineConfig, engine: Engine | None = None) -> StateStore:
+    """The pipeline's state store, its tables created if absent. Pass the source's engine to
+    share it when the state lives in the source database."""
+    from etl.source import make_engine
+
+    if engine is None or config.state.url not in (None, config.source.url):
+        engine = make_engine(config.state_url)
+    store = StateStore(engine, config.state.table_prefix, config.state.schema_name)
+    store.ensure()
+    return store

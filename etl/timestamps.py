@@ -1,0 +1,93 @@
+"""Timestamps: read whatever the warehouse holds as an aware UTC datetime, and encode it per vendor.
+
+Naive values are wall-clock times in the source's time zone; aware values are converted to UTC;
+text is ISO-8601 (``Z``, offsets, ``T`` or space); epoch columns are seconds or milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any, Literal
+
+TimestampType = Literal["datetime", "text", "epoch_s", "epoch_ms"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class TimestampError(ValueError):
+    """A value that cannot be read as a point in time; the message is the row's reject reason."""
+
+
+def _localize(value: datetime, tz: tzinfo) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=tz).astimezone(UTC)
+    return value.astimezone(UTC)
+
+
+def _parse_text(text: str, tz: tzinfo) -> datetime:
+    stripped = text.strip()
+    if not stripped:
+        raise TimestampError("timestamp is empty")
+    try:
+        return _localize(datetime.fromisoformat(stripped), tz)
+    except ValueError:
+        raise TimestampError(f"timestamp {stripped[:40]!r} is not ISO-8601") from None
+
+
+def _from_epoch(number: float, per_second: int) -> datetime:
+    if math.isnan(number) or math.isinf(number):
+        raise TimestampError("timestamp is not a number")
+    try:
+        return _EPOCH + timedelta(microseconds=round(number * 1_000_000 / per_second))
+    except OverflowError:
+        raise TimestampError(f"epoch timestamp {number} is out of range") from None
+
+
+def to_utc(value: Any, kind: TimestampType, tz: tzinfo) -> datetime:
+    """Read one source value as an aware UTC datetime, or raise TimestampError."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise TimestampError("timestamp is missing")
+    if kind in ("epoch_s", "epoch_ms"):
+        per_second = 1 if kind == "epoch_s" else 1000
+        if isinstance(value, bool):
+            raise TimestampError(f"epoch timestamp {value!r} is not a number")
+        if isinstance(value, int | float):
+            return _from_epoch(float(value), per_second)
+        try:
+            return _from_epoch(float(str(value)), per_second)
+        except ValueError:
+            raise TimestampError(f"epoch timestamp {str(value)[:40]!r} is not a number") from None
+    if isinstance(value, datetime):  # also pandas.Timestamp
+        if value != value:  # NaT
+            raise TimestampError("timestamp is missing")
+        return _localize(value, tz)
+    if isinstance(value, date):
+        return _localize(datetime.combine(value, time()), tz)
+    if isinstance(value, str):
+        return _parse_text(value, tz)
+    if isinstance(value, bytes):
+        return _parse_text(value.decode("utf-8", "replace"), tz)
+    raise TimestampError(f"timestamp of type {type(value).__name__} cannot be read")
+
+
+def to_epoch_ms(value: datetime) -> int:
+    """Milliseconds since the Unix epoch (Torque, Fuul)."""
+    delta = value - _EPOCH
+    return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+
+
+def to_iso_z(value: datetime) -> str:
+    """ISO-8601 in UTC with microseconds and a ``Z`` (ThriveStack)."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def to_iso_naive_utc(value: datetime) -> str:
+    """ISO-8601 in UTC without an offset, to the second (Airship's ``occurred``)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    """The UTC window [day 00:00, next day 00:00) of a daily partition."""
+    start = datetime.combine(day, time(), tzinfo=UTC)
+    return start, start + timedelta(days=1)

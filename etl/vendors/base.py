@@ -1,0 +1,151 @@
+"""The one shape every vendor has: options, endpoint, encoder and response classification.
+
+A vendor is pure: it never opens a connection. The sender owns the request life cycle and calls
+these hooks; a new vendor fills them in and registers itself in ``etl.vendors``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from enum import Enum
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from etl.config import DestinationConfig, MappingConfig, RateLimit
+from etl.events import Event
+
+
+class VendorOptions(BaseModel):
+    """Vendor-specific settings under ``destinations.<name>.options``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where batches go and the limits the vendor publishes for that endpoint."""
+
+    path: str
+    max_events: int
+    max_bytes: int | None
+    rate_limit: RateLimit
+    json_array: bool  # the body is a JSON array of events (else one JSON object)
+
+
+class Verdict(Enum):
+    DELIVERED = "delivered"  # every event of the request is stored (or was already)
+    RETRY = "retry"  # 429, 5xx, timeout: the same request may succeed later
+    REJECTED = "rejected"  # the vendor refuses the content: split, then dead-letter
+    FATAL = "fatal"  # credential or scope: stop the destination
+
+
+@dataclass(frozen=True)
+class Classified:
+    verdict: Verdict
+    message: str
+    retry_after: float | None = None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds, decimals allowed, or HTTP-date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from datetime import UTC, datetime
+
+        when = parsedate_to_datetime(value)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def error_message(status: int, body: str) -> str:
+    """A short reason from an error body: its 'message'/'error' field, else the text, truncated."""
+    text = body.strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("message", "error", "detail"):
+            if isinstance(data.get(key), str):
+                text = data[key]
+                break
+    return f"HTTP {status}: {text[:300]}" if text else f"HTTP {status}"
+
+
+class Vendor(ABC):
+    """Base of every destination vendor."""
+
+    name: ClassVar[str]
+    deduplicates: ClassVar[bool]  # the vendor drops an event it already has (resends are harmless)
+    options_model: ClassVar[type[VendorOptions]] = VendorOptions
+    credential_keys: ClassVar[tuple[str, ...]] = ("api_key",)
+
+    def __init__(self, options: VendorOptions) -> None:
+        self.options = options
+
+    @classmethod
+    def from_config(cls, dest: DestinationConfig) -> Vendor:
+        return cls(cls.options_model.model_validate(dest.options))
+
+    @classmethod
+    def check_mapping(cls, mapping: MappingConfig) -> list[str]:
+        """Problems in a mapping that the vendor would refuse whatever the data ('key: message')."""
+        return []
+
+    @abstractmethod
+    def endpoint(self) -> Endpoint: ...
+
+    @abstractmethod
+    def headers(self, credentials: dict[str, str]) -> dict[str, str]: ...
+
+    @abstractmethod
+    def validate(self, event: Event) -> str | None:
+        """The reason this event breaks a vendor rule known in advance, or None."""
+
+    @abstractmethod
+    def encode(self, event: Event) -> dict[str, Any]:
+        """The exact JSON object the vendor receives for this event."""
+
+    def body(self, encoded: list[bytes]) -> bytes:
+        """The request body from the events' encoded JSON (see :func:`encode_json`)."""
+        if self.endpoint().json_array:
+            return b"[" + b",".join(encoded) + b"]"
+        assert len(encoded) == 1, "a single-event endpoint takes one payload per request"
+        return encoded[0]
+
+    def classify(self, status: int, body: str, headers: dict[str, str]) -> Classified:
+        """Sort a response by what the sender must do. Vendors override the odd cases."""
+        if 200 <= status < 300:
+            return Classified(Verdict.DELIVERED, f"HTTP {status}")
+        message = error_message(status, body)
+        if status == 429:
+            return Classified(Verdict.RETRY, message, parse_retry_after(headers.get("Retry-After")))
+        if status in (408, 425) or status >= 500:
+            return Classified(Verdict.RETRY, message, parse_retry_after(headers.get("Retry-After")))
+        if status in (401, 403):
+            return Classified(Verdict.FATAL, message)
+        return Classified(Verdict.REJECTED, message)
+
+
+def encode_json(payload: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, as every vendor receives it."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_BASE58 = re.compile(r"^[1-9A-HJ-NP-Za-km-z]+$")
+
+
+def is_solana_address(value: str) -> bool:
+    """Base58, 32 to 44 characters (an ed25519 public key)."""
+    return 32 <= len(value) <= 44 and bool(_BASE58.match(value))

@@ -1,0 +1,146 @@
+"""Shared fixtures: real warehouses (SQLite, PostgreSQL), the sandbox over real HTTP, a fake clock.
+
+PostgreSQL comes from ETL_TEST_POSTGRES_URL (default: the local server, database `test`). Where it
+is unreachable its tests are skipped, except under CI=true, where that is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from etl.demo.data import create_warehouse
+from etl.sandbox import SandboxServer, start_sandbox
+from tests.fakes import FakeClock
+
+POSTGRES_URL = os.environ.get(
+    "ETL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _postgres_problem() -> str | None:
+    try:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+_PG_PROBLEM: str | bool | None = False  # False: not probed yet
+
+
+def require_postgres() -> None:
+    global _PG_PROBLEM
+    if _PG_PROBLEM is False:
+        _PG_PROBLEM = _postgres_problem()
+    if _PG_PROBLEM:
+        message = f"PostgreSQL unreachable at {POSTGRES_URL}: {_PG_PROBLEM}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@dataclass
+class Warehouse:
+    kind: str
+    url: str
+    schema: str | None
+
+    def engine(self) -> sa.Engine:
+        return sa.create_engine(self.url)
+
+    def table(self, name: str = "user_actions") -> str:
+        return f"{self.schema}.{name}" if self.schema else name
+
+    def fill(self, rows: int, days: int, end: Any) -> None:
+        engine = self.engine()
+        create_warehouse(engine, rows, days, end=end, schema=self.schema)
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    if request.param == "sqlite":
+        yield Warehouse("sqlite", f"sqlite:///{tmp_path / 'warehouse.db'}", None)
+        return
+    require_postgres()
+    schema = f"etl_test_{uuid.uuid4().hex[:10]}"
+    yield Warehouse("postgresql", POSTGRES_URL, schema)
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
+    engine.dispose()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sandbox(clock: FakeClock) -> Iterator[SandboxServer]:
+    """The sandbox vendors on a free loopback port, on the same fake clock as the client."""
+    server = start_sandbox(clock=clock)
+    yield server
+    server.stop()
+
+
+FUUL_MAPPING = {
+    "filter": {"action": ["game_played", "purchase"]},
+    "event_name": {"column": "action"},
+    "user": {"column": "wallet", "type_column": "wallet_type"},
+    "args": {
+        "game": {"column": "game_id"},
+        "score": {"column": "score", "type": "integer", "required": False},
+        "amount": {"column": "amount", "type": "number", "required": False},
+    },
+}
+
+
+def write_pipeline(
+    path: Path,
+    warehouse: Warehouse,
+    sandbox_url: str,
+    start_date: str,
+    destination: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
+) -> Path:
+    dest = {
+        "vendor": "fuul",
+        "base_url": f"{sandbox_url}/fuul/api/v1",
+        "credentials": {"api_key": "${FUUL_API_KEY}"},
+        "max_in_flight": 3,
+        "mapping": FUUL_MAPPING,
+        **(destination or {}),
+    }
+    doc: dict[str, Any] = {
+        "start_date": start_date,
+        "source": {
+            "url": warehouse.url,
+            "table": "user_actions",
+            "chunk_size": 500,
+            **(source or {}),
+        },
+        "destinations": {"fuul_rewards": dest},
+    }
+    if warehouse.schema:
+        doc["source"].setdefault("schema", warehouse.schema)
+        doc["state"] = {"schema": warehouse.schema}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _fuul_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUUL_API_KEY", "sandbox-fuul-key")

@@ -1,0 +1,283 @@
+"""The whole backfill against real SQLite and PostgreSQL warehouses and the sandbox over HTTP.
+
+The sandbox and the client share one fake clock: rate limits and Retry-After are honoured in
+logical time, so no test waits for real time.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from etl.config import load_pipeline
+from etl.errors import ConfigError, MappingChangedError
+from etl.events import event_id_for
+from etl.replay import replay_dead_letters
+from etl.runner import run_backfill
+from etl.state import StateStore
+from tests.conftest import FUUL_MAPPING, Warehouse, write_pipeline
+
+END = date(2024, 3, 5)
+FIRST, LAST = END - timedelta(days=4), END - timedelta(days=1)
+
+
+def setup(tmp_path: Path, warehouse: Warehouse, sandbox, rows: int = 1200, **dest) -> Path:
+    warehouse.fill(rows, days=4, end=END)
+    return write_pipeline(
+        tmp_path / "pipeline.yaml", warehouse, sandbox.url, FIRST.isoformat(), dest
+    )
+
+
+def run(path: Path, clock, **kwargs):
+    return run_backfill(
+        load_pipeline(path), first_day=FIRST, last_day=LAST, clock=clock, sleep=clock.sleep,
+        jitter=lambda d: d, **kwargs,
+    )  # fmt: skip
+
+
+def source_ids(warehouse: Warehouse) -> tuple[set[int], set[int]]:
+    """(all ids, ids of rows for Fuul by the filter), straight from the warehouse."""
+    engine = warehouse.engine()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f"SELECT id, action FROM {warehouse.table()}")).all()  # noqa: S608
+    engine.dispose()
+    return {r[0] for r in rows}, {r[0] for r in rows if r[1] in ("game_played", "purchase")}
+
+
+@pytest.fixture(autouse=True)
+def _dispose_engines():
+    yield
+    for engine in _engines:
+        engine.dispose()
+    _engines.clear()
+
+
+_engines: list[sa.Engine] = []
+
+
+def store_of(path: Path) -> StateStore:
+    config = load_pipeline(path)
+    engine = sa.create_engine(config.state_url)
+    _engines.append(engine)
+    return StateStore(engine, "etl_", config.state.schema_name)
+
+
+def stored_ids(sandbox) -> list[str]:
+    return [e["dedup_id"] for e in sandbox.sandbox.records["fuul"]]
+
+
+def assert_exactly_once(path: Path, warehouse: Warehouse, sandbox) -> None:
+    """Every valid row accepted exactly once, every bad row a dead letter, every partition balanced."""
+    all_ids, for_fuul = source_ids(warehouse)
+    store = store_of(path)
+    dead = store.dead_letters("fuul_rewards")
+    dead_ids = {d["event_id"] for d in dead}
+    assert all(d["reason"] for d in dead)
+    expected = {event_id_for("fuul_rewards", i) for i in for_fuul} - dead_ids
+    stored = stored_ids(sandbox)
+    assert len(stored) == len(set(stored)), "an event was stored twice"
+    assert set(stored) == expected
+    cps = store.checkpoints_of("fuul_rewards")
+    assert {cp.status for cp in cps} == {"complete"}
+    assert all(cp.balanced for cp in cps)
+    assert sum(cp.rows_read for cp in cps) == len(all_ids)
+    assert sum(cp.filtered for cp in cps) == len(all_ids) - len(for_fuul)
+    assert sum(cp.dead_letters for cp in cps) == len(dead_ids)
+
+
+def test_backfill_delivers_every_valid_row_once(tmp_path, warehouse, sandbox, clock):
+    path = setup(tmp_path, warehouse, sandbox)
+    report = run(path, clock)
+    assert report.ok, report
+    [dest] = report.destinations
+    assert dest.total("rows_read") == 1200
+    assert dest.total("dead_letters") > 0  # the generator spoils ~3 % of rows
+    assert dest.total("throttled") == 0  # paced under Fuul's 10 requests a minute
+    assert_exactly_once(path, warehouse, sandbox)
+    # A second run finds nothing left to send.
+    again = run(path, clock)
+    assert again.ok and again.rows_read == 0
+    assert sandbox.sandbox.stats["fuul"]["requests"] == dest.total("requests")
+
+
+def test_rate_limit_is_honoured_without_429(tmp_path, warehouse, sandbox, clock):
+    path = setup(tmp_path, warehouse, sandbox, rows=800)
+    start = clock()
+    report = run(path, clock)
+    requests = report.destinations[0].total("requests")
+    assert report.destinations[0].total("throttled") == 0
+    # 10 requests a minute (minus the 2 % margin): the run took at least that long in fake time
+    assert clock() - start >= (requests - 1) * 6.0
+
+
+def test_429_with_retry_after_is_honoured(tmp_path, warehouse, sandbox, clock):
+    # Pace three times faster than Fuul allows: the sandbox throttles, the sender waits and resends.
+    path = setup(
+        tmp_path, warehouse, sandbox, rows=3000, rate_limit={"requests": 30, "per_seconds": 60}
+    )
+    report = run(path, clock)
+    assert report.ok
+    assert report.destinations[0].total("throttled") > 0
+    assert sandbox.sandbox.stats["fuul"]["throttled"] == report.destinations[0].total("throttled")
+    assert_exactly_once(path, warehouse, sandbox)
+
+
+def test_5xx_and_lost_responses_lose_nothing_and_double_nothing(
+    tmp_path, warehouse, sandbox, clock
+):
+    path = setup(tmp_path, warehouse, sandbox, max_attempts=20, batch_size=20)
+    sandbox.sandbox.set_faults("fuul", error_rate=0.2, lose_rate=0.2)
+    report = run(path, clock)
+    assert report.ok
+    stats = sandbox.sandbox.stats["fuul"]
+    assert stats["errors"] > 0 and stats["lost"] > 0
+    assert report.destinations[0].total("retries") >= stats["errors"] + stats["lost"]
+    assert stats["duplicates"] > 0  # resends after lost responses, deduplicated by Fuul
+    assert_exactly_once(path, warehouse, sandbox)
+    assert report.destinations[0].total("in_doubt") == 0  # Fuul deduplicates: nothing doubtful
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("wrong-key", "HTTP 401: Unauthorized"),
+        ("sandbox-fuul-readonly", "send:trigger_event scope"),
+    ],
+)
+def test_refused_key_stops_with_a_clear_message(
+    tmp_path, warehouse, sandbox, clock, monkeypatch, key, expected
+):
+    path = setup(tmp_path, warehouse, sandbox, rows=200)
+    monkeypatch.setenv("FUUL_API_KEY", key)
+    report = run(path, clock)
+    assert not report.ok
+    error = report.destinations[0].error
+    assert error and expected in error and "${FUUL_API_KEY}" in error
+    assert key not in error
+    assert sandbox.sandbox.stats["fuul"]["requests"] == 1  # stopped at once
+    # The key is in no state table.
+    engine = sa.create_engine(load_pipeline(path).state_url)
+    _engines.append(engine)
+    with engine.connect() as conn:
+        for table in store_of(path).table_names():
+            for row in conn.execute(sa.text(f"SELECT * FROM {table}")):  # noqa: S608
+                assert key not in json.dumps([str(v) for v in row])
+
+
+def test_missing_key_stops_before_anything_is_sent(
+    tmp_path, warehouse, sandbox, clock, monkeypatch
+):
+    path = setup(tmp_path, warehouse, sandbox, rows=50)
+    monkeypatch.delenv("FUUL_API_KEY")
+    with pytest.raises(ConfigError, match="environment variable FUUL_API_KEY"):
+        run(path, clock)
+    assert sandbox.sandbox.stats == {}
+
+
+def test_vendor_rejections_are_isolated_and_dead_lettered(tmp_path, warehouse, clock):
+    from etl.sandbox import start_sandbox
+
+    server = start_sandbox(clock=clock, fuul_triggers={"game_played"})  # "purchase" is unknown
+    try:
+        path = setup(tmp_path, warehouse, server, rows=600)
+        report = run(path, clock)
+        assert report.ok
+        store = store_of(path)
+        vendor_dead = [d for d in store.dead_letters("fuul_rewards") if d["vendor_status"] == 400]
+        assert vendor_dead and all(
+            "no trigger with event name 'purchase'" in d["reason"] for d in vendor_dead
+        )
+        assert all(json.loads(d["payload"])["name"] == "purchase" for d in vendor_dead)
+        assert {e["name"] for e in server.sandbox.records["fuul"]} == {"game_played"}
+        assert all(cp.balanced for cp in store.checkpoints_of("fuul_rewards"))
+    finally:
+        server.stop()
+
+
+def test_changed_mapping_is_refused_unless_restarted(tmp_path, warehouse, sandbox, clock):
+    path = setup(tmp_path, warehouse, sandbox, rows=300)
+    assert run(path, clock).ok
+    changed = dict(FUUL_MAPPING, event_name="played")
+    write_pipeline(path, warehouse, sandbox.url, FIRST.isoformat(), {"mapping": changed})
+    with pytest.raises(MappingChangedError, match="--restart"):
+        run(path, clock)
+    report = run(path, clock, restart=True)
+    assert report.ok and report.rows_read == 300
+    # Fuul already has these dedup_ids: the resent events are skipped, none is stored twice.
+    assert sandbox.sandbox.stats["fuul"]["duplicates"] == report.destinations[0].total("delivered")
+    assert_exactly_once(path, warehouse, sandbox)
+
+
+def test_dry_run_writes_payloads_and_sends_nothing(tmp_path, warehouse, sandbox, clock):
+    path = setup(tmp_path, warehouse, sandbox, rows=300)
+    out = tmp_path / "payloads.jsonl"
+    report = run(path, clock, dry_run=out)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == report.destinations[0].total("delivered") > 0
+    assert {"name", "user", "dedup_id", "timestamp"} <= set(lines[0]["payload"])
+    assert sandbox.sandbox.stats == {}
+    engine = sa.create_engine(load_pipeline(path).state_url)
+    _engines.append(engine)
+    assert not sa.inspect(engine).has_table("etl_checkpoints", schema=warehouse.schema)
+
+
+def test_dead_letter_replay_after_fixing_the_rows(tmp_path, warehouse, sandbox, clock):
+    path = setup(tmp_path, warehouse, sandbox, rows=600)
+    assert run(path, clock).ok
+    store = store_of(path)
+    missing_wallet = [
+        d for d in store.dead_letters("fuul_rewards") if "wallet) is missing" in d["reason"]
+    ]
+    assert missing_wallet
+    engine = warehouse.engine()
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                f"UPDATE {warehouse.table()} SET wallet = :w, wallet_type = 'evm_address' WHERE wallet IS NULL"  # noqa: S608
+            ),
+            {"w": "0x" + "cd" * 20},
+        )
+    engine.dispose()
+    config = load_pipeline(path)
+    replay = replay_dead_letters(config, "fuul_rewards")
+    assert replay.delivered == len(missing_wallet)
+    assert replay.still_dead == replay.attempted - len(missing_wallet)
+    assert_exactly_once(path, warehouse, sandbox)
+    again = replay_dead_letters(config, "fuul_rewards")
+    assert again.delivered == 0 and again.attempted == replay.still_dead
+
+
+def test_single_event_endpoint(tmp_path, warehouse, sandbox, clock):
+    path = setup(tmp_path, warehouse, sandbox, rows=150, options={"endpoint": "single"})
+    report = run(path, clock)
+    assert report.ok
+    assert report.destinations[0].total("requests") == report.destinations[0].total("delivered")
+    assert_exactly_once(path, warehouse, sandbox)
+
+
+def test_query_source_with_text_timestamps(tmp_path, warehouse, sandbox, clock):
+    """A query kept in a .sql file, whose timestamp is text with a 'T' and a 'Z'."""
+    warehouse.fill(400, days=4, end=END)
+    table = warehouse.table()
+    if warehouse.kind == "sqlite":
+        ts = "strftime('%Y-%m-%dT%H:%M:%SZ', occurred_at)"
+    else:
+        ts = 'to_char(occurred_at, \'YYYY-MM-DD"T"HH24:MI:SS"Z"\')'
+    (tmp_path / "actions.sql").write_text(
+        f"SELECT id, {ts} AS happened, wallet, wallet_type, action, game_id, score, amount\n"
+        f"FROM {table}\n"
+    )
+    path = write_pipeline(
+        tmp_path / "pipeline.yaml", warehouse, sandbox.url, FIRST.isoformat(),
+        source={"table": None, "query": "actions.sql", "timestamp_column": "happened", "timestamp_type": "text"},
+    )  # fmt: skip
+    doc = path.read_text().replace("  table: null\n", "")
+    path.write_text(doc)
+    report = run(path, clock)
+    assert report.ok
+    assert report.rows_read == 400
+    assert_exactly_once(path, warehouse, sandbox)

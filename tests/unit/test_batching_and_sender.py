@@ -1,0 +1,199 @@
+"""Batch cutting, and the sender's split-on-reject against a scripted fake session."""
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+import requests
+
+from etl.batching import Batcher
+from etl.errors import FatalDeliveryError, RetriesExhaustedError
+from etl.events import Event, Filtered, Rejected
+from etl.retry import RetryPolicy
+from etl.sender import Sender
+from etl.vendors.fuul import Fuul, FuulOptions
+from tests.fakes import FakeClock
+
+EVM = "0x" + "ab" * 20
+
+
+def event(n: int, name: str = "played") -> Event:
+    return Event(
+        f"id{n}", str(n), ("t", n), name, EVM, "evm_address", datetime(2024, 1, 1, tzinfo=UTC), {}
+    )
+
+
+def test_batches_close_at_the_count_and_keep_every_row():
+    batcher = Batcher(Fuul(FuulOptions()), max_events=3, max_bytes=None, first_seq=5)
+    closed = []
+    for n in range(8):
+        outcome = Filtered(("t", n)) if n % 4 == 3 else event(n)
+        closed += batcher.add(outcome)
+    last = batcher.flush()
+    assert last is not None
+    batches = [*closed, last]
+    assert [b.seq for b in batches] == [5, 6, 7]
+    assert [len(b.events) for b in batches] == [3, 3, 0]
+    assert sum(b.rows_read for b in batches) == 8
+    assert sum(b.filtered for b in batches) == 2
+    assert [(b.first, b.last) for b in batches] == [
+        (("t", 0), ("t", 2)),
+        (("t", 3), ("t", 6)),
+        (("t", 7), ("t", 7)),
+    ]
+
+
+def test_batches_close_before_the_byte_limit():
+    vendor = Fuul(FuulOptions())
+    size = len(json.dumps(vendor.encode(event(0)), separators=(",", ":")))
+    batcher = Batcher(vendor, max_events=100, max_bytes=2 * size + 3, first_seq=1)
+    closed = []
+    for n in range(5):
+        closed += batcher.add(event(n))
+    assert [len(b.events) for b in closed] == [2, 2]
+    for b in closed:
+        assert len(vendor.body(b.encoded)) <= 2 * size + 3
+
+
+def test_an_event_over_the_byte_limit_alone_is_rejected():
+    batcher = Batcher(Fuul(FuulOptions()), max_events=100, max_bytes=50, first_seq=1)
+    assert batcher.add(event(1)) == []
+    batch = batcher.flush()
+    assert batch is not None and not batch.events
+    assert "over fuul's request limit of 50 bytes" in batch.rejected[0].reason
+
+
+def test_rows_without_events_still_close_batches():
+    batcher = Batcher(Fuul(FuulOptions()), max_events=100, max_bytes=None, first_seq=1, max_rows=10)
+    closed = []
+    for n in range(25):
+        closed += batcher.add(Rejected(("t", n), str(n), f"id{n}", "bad", {}))
+    assert [len(b.rejected) for b in closed] == [10, 10]
+
+
+class FakeResponse:
+    def __init__(self, status: int, body: object = None, headers: dict[str, str] | None = None):
+        self.status_code = status
+        self.text = json.dumps(body or {})
+        self.headers = headers or {}
+
+
+class FakeSession:
+    """Answers each POST with a function of the events in its body."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.calls: list[list[str]] = []
+        self.timeouts: list[float] = []
+
+    def post(self, url, data, headers, timeout):
+        events = json.loads(data)
+        ids = [e["dedup_id"] for e in events]
+        self.calls.append(ids)
+        self.timeouts.append(timeout)
+        return self.answer(ids)
+
+    def close(self):
+        pass
+
+
+def sender(session, clock, attempts=5):
+    return Sender(
+        "fuul_rewards",
+        Fuul(FuulOptions()),
+        "http://vendor",
+        {"api_key": "secret-key"},
+        credential_hint="$FUUL_API_KEY",
+        timeout=7.0,
+        policy=RetryPolicy(max_attempts=attempts, jitter=lambda d: d),
+        rate=1000.0,
+        clock=clock,
+        sleep=clock.sleep,
+        session=session,
+    )
+
+
+def encoded(n: int) -> list[bytes]:
+    vendor = Fuul(FuulOptions())
+    return [json.dumps(vendor.encode(event(i))).encode() for i in range(n)]
+
+
+def test_a_rejected_batch_is_split_until_the_bad_events_are_isolated():
+    bad = {"id3", "id6"}
+    session = FakeSession(
+        lambda ids: (
+            FakeResponse(400, {"message": "bad event"}) if bad & set(ids) else FakeResponse(200)
+        )
+    )
+    result = sender(session, FakeClock()).send(encoded(8))
+    assert sorted(result.delivered) == [0, 1, 2, 4, 5, 7]
+    assert sorted(i for i, _, _ in result.dead) == [3, 6]
+    assert all(status == 400 and "bad event" in msg for _, status, msg in result.dead)
+    assert session.calls[0] == [f"id{i}" for i in range(8)]
+    assert set(session.timeouts) == {7.0}
+
+
+def test_429_waits_retry_after_then_succeeds():
+    answers = iter(
+        [FakeResponse(429, {}, {"Retry-After": "2.5"}), FakeResponse(503), FakeResponse(200)]
+    )
+    clock = FakeClock()
+    result = sender(FakeSession(lambda ids: next(answers)), clock).send(encoded(2))
+    assert result.delivered == [0, 1]
+    assert (result.throttled, result.retries, result.requests) == (1, 2, 3)
+    assert clock.sleeps == [2.5, 2.0]  # Retry-After, then the 2nd backoff step with pinned jitter
+    assert result.ambiguous == {0, 1}  # the 503 may have stored them
+
+
+def test_retries_run_out():
+    clock = FakeClock()
+    with pytest.raises(RetriesExhaustedError, match="gave up after 3 attempts: HTTP 503"):
+        sender(FakeSession(lambda ids: FakeResponse(503)), clock, attempts=3).send(encoded(1))
+    assert clock.sleeps == [1.0, 2.0]
+
+
+def test_other_4xx_are_not_retried():
+    session = FakeSession(lambda ids: FakeResponse(422, {"message": "nope"}))
+    result = sender(session, FakeClock()).send(encoded(1))
+    assert result.dead == [(0, 422, "HTTP 422: nope")] and len(session.calls) == 1
+
+
+def test_409_duplicate_counts_as_delivered():
+    result = sender(FakeSession(lambda ids: FakeResponse(409)), FakeClock()).send(encoded(1))
+    assert result.delivered == [0]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credential_stops_and_names_what_to_check(status):
+    with pytest.raises(FatalDeliveryError) as info:
+        sender(
+            FakeSession(lambda ids: FakeResponse(status, {"message": "Unauthorized"})), FakeClock()
+        ).send(encoded(1))
+    assert "$FUUL_API_KEY" in str(info.value)
+    assert "secret-key" not in str(info.value)
+
+
+def test_timeouts_are_retried_and_marked_ambiguous():
+    calls = iter([requests.ReadTimeout("read timed out"), FakeResponse(200)])
+
+    def answer(ids):
+        item = next(calls)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    result = sender(FakeSession(answer), FakeClock()).send(encoded(1))
+    assert result.delivered == [0] and result.ambiguous == {0} and result.retries == 1
+
+
+def test_connection_refused_is_not_ambiguous():
+    calls = iter([requests.ConnectTimeout("connect timed out"), FakeResponse(200)])
+
+    def answer(ids):
+        item = next(calls)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    result = sender(FakeSession(answer), FakeClock()).send(encoded(1))
+    assert result.delivered == [0] and result.ambiguous == set()

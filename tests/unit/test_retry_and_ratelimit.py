@@ -1,0 +1,113 @@
+import itertools
+import threading
+
+import pytest
+
+from etl.ratelimit import BucketRegistry, TokenBucket
+from etl.retry import RetryPolicy, full_jitter
+from tests.fakes import FakeClock
+
+
+def test_backoff_doubles_to_the_cap_with_pinned_jitter():
+    policy = RetryPolicy(max_attempts=8, base_delay=1.0, max_delay=10.0, jitter=lambda d: d)
+    assert [policy.sleep_seconds(a, None) for a in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+
+
+def test_jitter_is_applied_to_the_backoff():
+    policy = RetryPolicy(base_delay=2.0, jitter=lambda d: d / 2)
+    assert policy.sleep_seconds(3, None) == 4.0
+
+
+def test_retry_after_wins_and_is_capped():
+    policy = RetryPolicy(max_retry_after=30.0, jitter=lambda d: 999.0)
+    assert policy.sleep_seconds(1, 7.5) == 7.5
+    assert policy.sleep_seconds(5, 0.0) == 0.0
+    assert policy.sleep_seconds(1, 3600.0) == 30.0
+
+
+def test_attempt_budget():
+    policy = RetryPolicy(max_attempts=3)
+    assert [policy.should_retry(a) for a in (1, 2, 3)] == [True, True, False]
+
+
+def test_full_jitter_stays_within_half_and_whole():
+    for _ in range(200):
+        assert 2.0 <= full_jitter(4.0) <= 4.0
+
+
+def test_bucket_spaces_requests_evenly():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=1, clock=clock, sleep=clock.sleep)
+    starts = []
+    for _ in range(5):
+        bucket.acquire()
+        starts.append(clock())
+    gaps = [round(b - a, 9) for a, b in itertools.pairwise(starts)]
+    assert gaps == [0.1] * 4
+
+
+def test_bucket_burst_then_steady_rate():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=2, burst=3, clock=clock, sleep=clock.sleep)
+    waits = [bucket.acquire() for _ in range(5)]
+    assert waits[:3] == [0, 0, 0]
+    assert waits[3:] == pytest.approx([0.5, 0.5])
+
+
+def test_bucket_never_exceeds_the_rate_in_any_window():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=5, burst=1, clock=clock, sleep=clock.sleep)
+    times = []
+    for _ in range(50):
+        bucket.acquire()
+        times.append(clock())
+        clock.sleep(0.013)  # work between requests
+    for i, t in enumerate(times):
+        in_window = [u for u in times[i:] if u < t + 1.0]
+        assert len(in_window) <= 5
+
+
+def test_idle_time_does_not_build_a_burst():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=1, burst=1, clock=clock, sleep=clock.sleep)
+    bucket.acquire()
+    clock.sleep(100)
+    assert bucket.acquire() == 0
+    assert bucket.acquire() == pytest.approx(1.0)
+
+
+def test_pause_delays_every_later_slot():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=100, burst=1, clock=clock, sleep=clock.sleep)
+    bucket.acquire()
+    bucket.pause(5.0)
+    assert bucket.acquire() == pytest.approx(5.0)
+
+
+def test_threads_share_one_bucket():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=1, clock=clock, sleep=lambda s: None)
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(10):
+            w = bucket.reserve() - clock()
+            with lock:
+                waits.append(round(w, 9))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # 40 reservations at a frozen clock: slots 0, 0.1, ..., 3.9, each taken once
+    assert sorted(waits) == [round(i * 0.1, 9) for i in range(40)]
+
+
+def test_registry_shares_a_bucket_per_endpoint_and_credential():
+    registry = BucketRegistry()
+    a = registry.get("http://x/events", "key1", lambda: TokenBucket(1))
+    assert registry.get("http://x/events", "key1", lambda: TokenBucket(1)) is a
+    assert registry.get("http://x/events", "key2", lambda: TokenBucket(1)) is not a
+    assert registry.get("http://x/other", "key1", lambda: TokenBucket(1)) is not a
