@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import click
 from etl.config import PipelineConfig, load_pipeline
 from etl.errors import EtlError
 from etl.runner import RunReport, run_backfill, select_destinations
-from etl.state import generate_ddl, open_store
+from etl.state import StateStore, generate_ddl, open_store
 
 
 class _Group(click.Group):
@@ -127,8 +128,16 @@ def print_summary(report: RunReport, dry_run: Path | None = None) -> None:
 def status(config_path: Path, destinations: tuple[str, ...], show_all: bool) -> None:
     """Progress per destination and partition: counts, in doubt, dead letters."""
     config = _load(config_path)
-    store = open_store(config)
-    for name in select_destinations(config, list(destinations) or None):
+    with closing(open_store(config)) as store:
+        _print_status(
+            config, store, select_destinations(config, list(destinations) or None), show_all
+        )
+
+
+def _print_status(
+    config: PipelineConfig, store: StateStore, names: list[str], show_all: bool
+) -> None:
+    for name in names:
         cps = store.checkpoints_of(name)
         totals: Counter[str] = Counter()
         by_status: Counter[str] = Counter(cp.status for cp in cps)
@@ -178,8 +187,8 @@ def list_dead_letters(
     """List dead letters with their reasons, and a count per reason."""
     config = _load(config_path)
     select_destinations(config, [destination])
-    store = open_store(config)
-    letters = store.dead_letters(destination, partition, include_replayed=replayed)
+    with closing(open_store(config)) as store:
+        letters = store.dead_letters(destination, partition, include_replayed=replayed)
     if as_json:
         for row in letters[:limit]:
             click.echo(json.dumps(row, default=str))

@@ -73,16 +73,23 @@ class Source:
         src = config.source
         try:
             if src.table is not None:
-                return sa.Table(
-                    src.table, sa.MetaData(), schema=src.schema_name, autoload_with=self.engine
-                )
+                try:
+                    return sa.Table(
+                        src.table, sa.MetaData(), schema=src.schema_name, autoload_with=self.engine
+                    )
+                except NoSuchTableError:
+                    raise
+                except SQLAlchemyError:
+                    # Dialects with partial reflection (DuckDB through the PostgreSQL dialect):
+                    # take the column names from an empty result instead; values keep DB types.
+                    bare = sa.table(src.table, schema=src.schema_name)
+                    names = self._column_names(bare)
+                    return sa.table(
+                        src.table, *[sa.column(n) for n in names], schema=src.schema_name
+                    )
             query = config.query_text()
             assert query is not None
-            probe: sa.Select[Any] = sa.select(sa.literal_column("*")).select_from(
-                sa.text(query).columns().subquery("src")
-            )
-            with self.engine.connect() as conn:
-                names = list(conn.execute(probe.limit(0)).keys())
+            names = self._column_names(sa.text(query).columns().subquery("src"))
             return sa.text(query).columns(*[sa.column(n) for n in names]).subquery("src")
         except NoSuchTableError:
             raise SourceError(
@@ -91,6 +98,11 @@ class Source:
         except SQLAlchemyError as exc:
             first_line = str(exc).splitlines()[0]
             raise SourceError(f"source: cannot read {self.describe()}: {first_line}") from None
+
+    def _column_names(self, relation: sa.FromClause) -> list[str]:
+        probe: sa.Select[Any] = sa.select(sa.literal_column("*")).select_from(relation).limit(0)
+        with self.engine.connect() as conn:
+            return list(conn.execute(probe).keys())
 
     # -- windows -------------------------------------------------------------------------------
 

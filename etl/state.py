@@ -163,6 +163,9 @@ class StateStore:
                 conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
             self.metadata.create_all(conn, checkfirst=True)
 
+    def close(self) -> None:
+        self.engine.dispose()
+
     def table_names(self) -> list[str]:
         return [t.fullname for t in (self.checkpoints, self.batches, self.dead)]
 

@@ -27,7 +27,12 @@ def actions_table(metadata: sa.MetaData, name: str = "user_actions") -> sa.Table
     return sa.Table(
         name,
         metadata,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=False,
+        ),
         sa.Column("occurred_at", sa.DateTime, nullable=True),
         sa.Column("user_id", sa.String(32), nullable=False),
         sa.Column("wallet", sa.String(80)),

@@ -7,86 +7,23 @@ logical time, so no test waits for real time.
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from etl.config import load_pipeline
 from etl.errors import ConfigError, MappingChangedError
-from etl.events import event_id_for
 from etl.replay import replay_dead_letters
-from etl.runner import run_backfill
-from etl.state import StateStore
-from tests.conftest import FUUL_MAPPING, Warehouse, write_pipeline
-
-END = date(2024, 3, 5)
-FIRST, LAST = END - timedelta(days=4), END - timedelta(days=1)
-
-
-def setup(tmp_path: Path, warehouse: Warehouse, sandbox, rows: int = 1200, **dest) -> Path:
-    warehouse.fill(rows, days=4, end=END)
-    return write_pipeline(
-        tmp_path / "pipeline.yaml", warehouse, sandbox.url, FIRST.isoformat(), dest
-    )
-
-
-def run(path: Path, clock, **kwargs):
-    return run_backfill(
-        load_pipeline(path), first_day=FIRST, last_day=LAST, clock=clock, sleep=clock.sleep,
-        jitter=lambda d: d, **kwargs,
-    )  # fmt: skip
-
-
-def source_ids(warehouse: Warehouse) -> tuple[set[int], set[int]]:
-    """(all ids, ids of rows for Fuul by the filter), straight from the warehouse."""
-    engine = warehouse.engine()
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text(f"SELECT id, action FROM {warehouse.table()}")).all()  # noqa: S608
-    engine.dispose()
-    return {r[0] for r in rows}, {r[0] for r in rows if r[1] in ("game_played", "purchase")}
-
-
-@pytest.fixture(autouse=True)
-def _dispose_engines():
-    yield
-    for engine in _engines:
-        engine.dispose()
-    _engines.clear()
-
-
-_engines: list[sa.Engine] = []
-
-
-def store_of(path: Path) -> StateStore:
-    config = load_pipeline(path)
-    engine = sa.create_engine(config.state_url)
-    _engines.append(engine)
-    return StateStore(engine, "etl_", config.state.schema_name)
-
-
-def stored_ids(sandbox) -> list[str]:
-    return [e["dedup_id"] for e in sandbox.sandbox.records["fuul"]]
-
-
-def assert_exactly_once(path: Path, warehouse: Warehouse, sandbox) -> None:
-    """Every valid row accepted exactly once, every bad row a dead letter, every partition balanced."""
-    all_ids, for_fuul = source_ids(warehouse)
-    store = store_of(path)
-    dead = store.dead_letters("fuul_rewards")
-    dead_ids = {d["event_id"] for d in dead}
-    assert all(d["reason"] for d in dead)
-    expected = {event_id_for("fuul_rewards", i) for i in for_fuul} - dead_ids
-    stored = stored_ids(sandbox)
-    assert len(stored) == len(set(stored)), "an event was stored twice"
-    assert set(stored) == expected
-    cps = store.checkpoints_of("fuul_rewards")
-    assert {cp.status for cp in cps} == {"complete"}
-    assert all(cp.balanced for cp in cps)
-    assert sum(cp.rows_read for cp in cps) == len(all_ids)
-    assert sum(cp.filtered for cp in cps) == len(all_ids) - len(for_fuul)
-    assert sum(cp.dead_letters for cp in cps) == len(dead_ids)
+from tests.conftest import FUUL_MAPPING, write_pipeline
+from tests.integration.scenario import (
+    END,
+    FIRST,
+    assert_exactly_once,
+    run,
+    setup,
+    state_engine,
+    store_of,
+)
 
 
 def test_backfill_delivers_every_valid_row_once(tmp_path, warehouse, sandbox, clock):
@@ -160,8 +97,7 @@ def test_refused_key_stops_with_a_clear_message(
     assert key not in error
     assert sandbox.sandbox.stats["fuul"]["requests"] == 1  # stopped at once
     # The key is in no state table.
-    engine = sa.create_engine(load_pipeline(path).state_url)
-    _engines.append(engine)
+    engine = state_engine(path)
     with engine.connect() as conn:
         for table in store_of(path).table_names():
             for row in conn.execute(sa.text(f"SELECT * FROM {table}")):  # noqa: S608
@@ -220,8 +156,7 @@ def test_dry_run_writes_payloads_and_sends_nothing(tmp_path, warehouse, sandbox,
     assert len(lines) == report.destinations[0].total("delivered") > 0
     assert {"name", "user", "dedup_id", "timestamp"} <= set(lines[0]["payload"])
     assert sandbox.sandbox.stats == {}
-    engine = sa.create_engine(load_pipeline(path).state_url)
-    _engines.append(engine)
+    engine = state_engine(path)
     assert not sa.inspect(engine).has_table("etl_checkpoints", schema=warehouse.schema)
 
 

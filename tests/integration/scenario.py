@@ -1,0 +1,82 @@
+"""Shared scenario for the integration tests: a filled warehouse, a pipeline file, checks."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from etl.config import load_pipeline
+from etl.events import event_id_for
+from etl.runner import run_backfill
+from etl.state import StateStore
+from tests.conftest import Warehouse, write_pipeline
+
+END = date(2024, 3, 5)
+FIRST, LAST = END - timedelta(days=4), END - timedelta(days=1)
+
+
+def setup(tmp_path: Path, warehouse: Warehouse, sandbox, rows: int = 1200, **dest) -> Path:
+    warehouse.fill(rows, days=4, end=END)
+    return write_pipeline(
+        tmp_path / "pipeline.yaml", warehouse, sandbox.url, FIRST.isoformat(), dest
+    )
+
+
+def run(path: Path, clock, **kwargs):
+    return run_backfill(
+        load_pipeline(path), first_day=FIRST, last_day=LAST, clock=clock, sleep=clock.sleep,
+        jitter=lambda d: d, **kwargs,
+    )  # fmt: skip
+
+
+def source_ids(warehouse: Warehouse) -> tuple[set[int], set[int]]:
+    """(all ids, ids of rows for Fuul by the filter), straight from the warehouse."""
+    engine = warehouse.engine()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f"SELECT id, action FROM {warehouse.table()}")).all()  # noqa: S608
+    engine.dispose()
+    return {r[0] for r in rows}, {r[0] for r in rows if r[1] in ("game_played", "purchase")}
+
+
+_engines: list[sa.Engine] = []
+
+
+def dispose_engines() -> None:
+    for engine in _engines:
+        engine.dispose()
+    _engines.clear()
+
+
+def state_engine(path: Path) -> sa.Engine:
+    engine = sa.create_engine(load_pipeline(path).state_url)
+    _engines.append(engine)
+    return engine
+
+
+def store_of(path: Path) -> StateStore:
+    return StateStore(state_engine(path), "etl_", load_pipeline(path).state.schema_name)
+
+
+def stored_ids(sandbox) -> list[str]:
+    return [e["dedup_id"] for e in sandbox.sandbox.records["fuul"]]
+
+
+def assert_exactly_once(path: Path, warehouse: Warehouse, sandbox) -> None:
+    """Every valid row accepted exactly once, every bad row a dead letter, every partition balanced."""
+    all_ids, for_fuul = source_ids(warehouse)
+    store = store_of(path)
+    dead = store.dead_letters("fuul_rewards")
+    dead_ids = {d["event_id"] for d in dead}
+    assert all(d["reason"] for d in dead)
+    expected = {event_id_for("fuul_rewards", i) for i in for_fuul} - dead_ids
+    stored = stored_ids(sandbox)
+    assert len(stored) == len(set(stored)), "an event was stored twice"
+    assert set(stored) == expected
+    cps = store.checkpoints_of("fuul_rewards")
+    assert {cp.status for cp in cps} == {"complete"}
+    assert all(cp.balanced for cp in cps)
+    assert sum(cp.rows_read for cp in cps) == len(all_ids)
+    assert sum(cp.filtered for cp in cps) == len(all_ids) - len(for_fuul)
+    assert sum(cp.dead_letters for cp in cps) == len(dead_ids)

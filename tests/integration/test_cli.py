@@ -1,0 +1,119 @@
+"""The `etl` command as a user runs it: one-line errors, run, status, dead letters, demo."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from etl.cli import cli
+from etl.sandbox import SandboxServer, start_sandbox
+from tests.integration.scenario import FIRST, LAST
+from tests.integration.scenario import setup as setup_scenario
+
+FAST = {"rate_limit": {"requests": 1000, "per_seconds": 1}}
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    """The CLI runs on the real clock: a sandbox whose limits never bind, so nothing waits."""
+    server = start_sandbox(time_scale=1e6)
+    yield server
+    server.stop()
+
+
+def setup(tmp_path, warehouse, sandbox, rows):
+    return setup_scenario(tmp_path, warehouse, sandbox, rows=rows, **FAST)
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path):
+    code, out = invoke("run", "-c", str(tmp_path / "absent.yaml"))
+    assert code == 1
+    assert out.strip().splitlines() == [
+        f"Error: {tmp_path / 'absent.yaml'}: cannot read the pipeline file: No such file or directory"
+    ]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "start_date: 2024-01-01\nsource: {url: 'sqlite://', table: t}\ndestinations: {}\n"
+    )
+    code, out = invoke("run", "-c", str(bad))
+    assert code == 1 and "destinations: Value error, at least one destination is needed" in out
+    assert "Traceback" not in out
+
+
+def test_run_status_and_dead_letters(tmp_path, warehouse, sandbox, monkeypatch):
+    path = setup(tmp_path, warehouse, sandbox, rows=200)
+    span = ["--from", FIRST.isoformat(), "--to", LAST.isoformat()]
+    code, out = invoke("run", "-c", str(path), *span, "--no-progress")
+    assert code == 0, out
+    assert "fuul_rewards" in out and "State tables:" in out
+    code, out = invoke("run", "-c", str(path), *span)
+    assert code == 0 and "Nothing left to send" in out
+    code, out = invoke("status", "-c", str(path))
+    assert code == 0 and "4 partitions 4 complete" in out and "total" in out
+    code, out = invoke("dead-letters", "list", "-c", str(path), "-d", "fuul_rewards")
+    assert code == 0 and "dead letters for fuul_rewards" in out
+    code, out = invoke(
+        "dead-letters", "list", "-c", str(path), "-d", "fuul_rewards", "--json", "--limit", "1"
+    )
+    assert code == 0 and len(out.splitlines()) <= 1
+    if out.strip():
+        assert json.loads(out)["reason"]
+    code, out = invoke("status", "-c", str(path), "-d", "nope")
+    assert code == 1 and "unknown destination(s) nope" in out
+
+
+def test_wrong_key_stops_with_a_clear_line(tmp_path, warehouse, sandbox, monkeypatch):
+    path = setup(tmp_path, warehouse, sandbox, rows=100)
+    monkeypatch.setenv("FUUL_API_KEY", "not-a-real-key")
+    code, out = invoke(
+        "run", "-c", str(path), "--from", FIRST.isoformat(), "--to", LAST.isoformat()
+    )
+    assert code == 1
+    assert (
+        "STOPPED: destination 'fuul_rewards': fuul refused the credential (HTTP 401: Unauthorized); check the key in ${FUUL_API_KEY}"
+        in out
+    )
+    assert "not-a-real-key" not in out
+
+
+def test_dry_run_from_the_command_line(tmp_path, warehouse, sandbox):
+    path = setup(tmp_path, warehouse, sandbox, rows=100)
+    out_file = tmp_path / "out.jsonl"
+    code, out = invoke(
+        "run",
+        "-c",
+        str(path),
+        "--from",
+        FIRST.isoformat(),
+        "--to",
+        LAST.isoformat(),
+        "--dry-run",
+        str(out_file),
+    )
+    assert code == 0 and "nothing was sent" in out
+    assert out_file.read_text().count("\n") > 0
+
+
+def test_demo_small_then_again(tmp_path: Path):
+    directory = tmp_path / "demo"
+    code, out = invoke("demo", "--dir", str(directory), "--rows", "3000", "--days", "10")
+    assert code == 0, out
+    line = next(line for line in out.splitlines() if line.startswith("fuul_rewards"))
+    read, delivered, dead, filtered = (int(v.replace(",", "")) for v in line.split()[1:5])
+    assert read == 3000 and delivered + dead + filtered == read and delivered > 0 and dead > 0
+    code, out = invoke("demo", "--dir", str(directory), "--rows", "3000", "--days", "10")
+    assert code == 0 and "Nothing left to send" in out
+
+
+def test_state_ddl_command():
+    code, out = invoke("state-ddl", "--dialect", "sqlite", "--prefix", "x_")
+    assert code == 0 and "CREATE TABLE x_checkpoints" in out
