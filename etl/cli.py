@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from etl.config import PipelineConfig, load_pipeline
 from etl.errors import EtlError
@@ -26,9 +27,22 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except EtlError as exc:
             raise click.ClickException(str(exc)) from None
+        except SQLAlchemyError as exc:
+            if "-v" in sys.argv or "--verbose" in sys.argv:
+                raise
+            first = str(exc).splitlines()[0]
+            raise click.ClickException(f"database error: {first} (-v shows the details)") from None
         except KeyboardInterrupt:
             click.echo("interrupted: progress up to the last acknowledged batch is saved", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, SystemExit):
+            raise
+        except Exception as exc:
+            if "-v" in sys.argv or "--verbose" in sys.argv:
+                raise
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {exc} (etl -v ... shows the traceback)"
+            ) from None
 
 
 config_option = click.option(
@@ -118,7 +132,7 @@ def print_summary(report: RunReport, dry_run: Path | None = None) -> None:
     if dry_run:
         click.echo(f"Payloads written to {dry_run}; nothing was sent and no state was written.")
     elif report.state_tables:
-        click.echo("State tables: " + ", ".join(report.state_tables))
+        click.echo(f"State tables: {', '.join(report.state_tables)} in {report.state_url}")
 
 
 @cli.command()

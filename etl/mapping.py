@@ -8,6 +8,7 @@ import math
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from etl.config import ArgSpec, DestinationConfig, EventNameFromColumn, SourceConfig
@@ -33,6 +34,8 @@ def json_safe(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, Decimal):
         return float(value)
+    if isinstance(value, UUID):
+        return str(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, float) and not math.isfinite(value):

@@ -18,7 +18,7 @@ from etl.errors import AccountingError, ConfigError, DeliveryError
 from etl.ratelimit import BucketRegistry, Clock, Sleep
 from etl.retry import RetryPolicy, full_jitter
 from etl.sender import Sender
-from etl.source import Source
+from etl.source import Source, safe_url
 from etl.state import StateStore, open_store
 from etl.vendors import vendor_class
 
@@ -47,6 +47,7 @@ class DestinationReport:
 class RunReport:
     destinations: list[DestinationReport]
     state_tables: list[str]
+    state_url: str
     first_day: date
     last_day: date
 
@@ -132,7 +133,7 @@ def run_backfill(
         if store is not None:
             store.engine.dispose()
     tables = store.table_names() if store else []
-    return RunReport(reports, tables, first, last)
+    return RunReport(reports, tables, safe_url(store.engine) if store else "", first, last)
 
 
 def _run_destination(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -40,7 +41,11 @@ def encode_position(position: Position | None) -> str | None:
             return {"date": value.isoformat()}
         if isinstance(value, Decimal):
             return {"decimal": str(value)}
-        return value
+        if isinstance(value, UUID):
+            return {"uuid": str(value)}
+        if isinstance(value, str | int | float | bool) or value is None:
+            return value
+        raise TypeError(f"a key or timestamp of type {type(value).__name__} cannot be a cursor")
 
     return json.dumps([enc(position[0]), enc(position[1])])
 
@@ -57,6 +62,8 @@ def decode_position(text: str | None) -> Position | None:
                 return date.fromisoformat(value["date"])
             if "decimal" in value:
                 return Decimal(value["decimal"])
+            if "uuid" in value:
+                return UUID(value["uuid"])
         return value
 
     ts, key = json.loads(text)

@@ -216,3 +216,46 @@ def test_query_source_with_text_timestamps(tmp_path, warehouse, sandbox, clock):
     assert report.ok
     assert report.rows_read == 400
     assert_exactly_once(path, warehouse, sandbox)
+
+
+@pytest.mark.postgres
+def test_user_written_postgres_table_with_timestamptz_and_uuid_keys(tmp_path, sandbox, clock):
+    """A table as a team writes it: uuid keys, timestamptz, numeric and boolean columns."""
+    from tests.conftest import POSTGRES_URL, Warehouse, require_postgres
+
+    require_postgres()
+    schema = f"etl_user_{tmp_path.name[-8:].lower().replace('-', '_')}"
+    engine = sa.create_engine(POSTGRES_URL)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
+            conn.execute(
+                sa.text(
+                    f"CREATE TABLE {schema}.user_actions (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), "
+                    "occurred_at timestamptz NOT NULL, wallet text, wallet_type text, action text, "
+                    "game_id text, score text, amount numeric(10, 2))"
+                )
+            )
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {schema}.user_actions (occurred_at, wallet, wallet_type, action, game_id, amount) "  # noqa: S608
+                    "SELECT timestamptz '2024-03-01 23:30:00+02' + (g || ' minutes')::interval, "
+                    "'0x' || lpad(to_hex(g), 40, '0'), 'evm_address', "
+                    "CASE WHEN g % 4 = 0 THEN 'login' ELSE 'purchase' END, 'kart', g * 0.5 "
+                    "FROM generate_series(1, 400) g"
+                )
+            )
+        warehouse = Warehouse("postgresql", POSTGRES_URL, schema)
+        path = write_pipeline(tmp_path / "p.yaml", warehouse, sandbox.url, FIRST.isoformat())
+        report = run(path, clock)
+        assert report.ok, report
+        assert report.rows_read == 400
+        assert_exactly_once(path, warehouse, sandbox)
+        first = min(sandbox.sandbox.records["fuul"], key=lambda e: e["timestamp"])
+        assert first["timestamp"] == 1709328660000  # 2024-03-01 21:31:00 UTC
+        assert first["args"]["amount"] == 0.5
+        assert run(path, clock).rows_read == 0
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        engine.dispose()

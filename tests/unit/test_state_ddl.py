@@ -14,6 +14,7 @@ def test_sql_folder_matches_the_code():
 def test_cursor_round_trip_keeps_types():
     from datetime import UTC, date, datetime
     from decimal import Decimal
+    from uuid import UUID
 
     for position in [
         (datetime(2024, 1, 2, 3, 4, 5, 6), 42),
@@ -21,6 +22,7 @@ def test_cursor_round_trip_keeps_types():
         ("2024-01-02 03:04:05", 7),
         (1704164645123, Decimal("12.5")),
         (date(2024, 1, 2), 1),
+        (datetime(2024, 1, 2), UUID("12345678-1234-5678-1234-567812345678")),
     ]:
         assert decode_position(encode_position(position)) == position
     assert decode_position(None) is None
