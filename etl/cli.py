@@ -124,6 +124,8 @@ def print_summary(report: RunReport, dry_run: Path | None = None) -> None:
             f"{d.total('dead_letters'):>7,} {d.total('filtered'):>9,} {d.total('in_doubt'):>8,} "
             f"{d.events_per_second:>9,.0f} {d.total('throttled'):>5,} {d.total('retries'):>7,}"
         )
+        if d.skipped:
+            click.echo(f"  SKIPPED: {d.skipped}")
         if d.error:
             click.echo(f"  STOPPED: {d.error}")
         for p in d.failed:
@@ -162,6 +164,8 @@ def _print_status(
             f"{'filtered':>8} {'in doubt':>8}  updated"
         )
         for cp in cps:
+            if cp.status == "skipped" and not show_all:
+                continue
             for key in ("rows_read", "delivered", "dead_letters", "filtered", "in_doubt"):
                 totals[key] += getattr(cp, key)
             if show_all or cp.status != "complete" or cp.rows_read:

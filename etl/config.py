@@ -74,6 +74,7 @@ class EventNameFromColumn(_Model):
 
     column: str
     rename: dict[str, str] = Field(default_factory=dict)
+    lowercase: bool = Field(default=False, description="lowercase the name after renaming")
 
 
 class MappingConfig(_Model):
@@ -85,13 +86,24 @@ class MappingConfig(_Model):
     )
     event_name: str | EventNameFromColumn
     user: UserSpec
-    args: dict[str, ArgSpec] = Field(default_factory=dict)
+    args: dict[str, ArgSpec] = Field(
+        default_factory=dict, description="typed event parameters (Fuul args, Torque data, ...)"
+    )
+    fields: dict[str, ArgSpec] = Field(
+        default_factory=dict, description="the vendor's own top-level fields (Airship value, ...)"
+    )
+    properties_column: str | None = Field(
+        default=None, description="a JSON object column expanded into the event's properties"
+    )
 
     def columns(self) -> set[str]:
         """Every source column this mapping reads."""
-        cols = set(self.filter) | {self.user.column} | {a.column for a in self.args.values()}
+        specs = [*self.args.values(), *self.fields.values()]
+        cols = set(self.filter) | {self.user.column} | {a.column for a in specs}
         if self.user.type_column:
             cols.add(self.user.type_column)
+        if self.properties_column:
+            cols.add(self.properties_column)
         if isinstance(self.event_name, EventNameFromColumn):
             cols.add(self.event_name.column)
         return cols
@@ -101,7 +113,7 @@ class DestinationConfig(_Model):
     """One vendor endpoint with its credentials, limits and mapping."""
 
     vendor: str
-    base_url: str
+    base_url: str | None = Field(default=None, description="default: the vendor's public API")
     credentials: dict[str, str]
     mapping: MappingConfig
     options: dict[str, Any] = Field(default_factory=dict)
@@ -114,7 +126,9 @@ class DestinationConfig(_Model):
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")

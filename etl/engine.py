@@ -80,8 +80,18 @@ class DestinationContext:
 
     def batcher(self, first_seq: int) -> Batcher:
         endpoint = self.vendor.endpoint()
-        size = min(self.config.batch_size or endpoint.max_events, endpoint.max_events)
+        if endpoint.json_array:
+            size = min(self.config.batch_size or endpoint.max_events, endpoint.max_events)
+        else:
+            # One event per request: a batch is one wave of parallel requests, checkpointed
+            # together; small, so that a crash leaves few events in doubt.
+            size = self.config.max_in_flight
         return Batcher(self.vendor, size, endpoint.max_bytes, first_seq)
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches sent at once: each array request is one; single-event waves overlap by two."""
+        return self.config.max_in_flight if self.vendor.endpoint().json_array else 2
 
 
 class BatchSink(Protocol):
@@ -111,7 +121,7 @@ class DeliverySink:
         self.partition = partition
         self.report = report
         self.ranges = in_doubt_ranges
-        self.max_in_flight = ctx.config.max_in_flight
+        self.max_in_flight = ctx.batches_in_flight
         self.pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix=f"send-{ctx.name}")
         self.pending: deque[tuple[Batch, Future[SendResult]]] = deque()
 

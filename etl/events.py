@@ -31,6 +31,8 @@ class Event:
     user_type: str | None
     occurred_at: datetime
     args: dict[str, ArgValue]
+    fields: dict[str, ArgValue] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)  # from a JSON column, untyped
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,16 @@ class SendResult:
     requests: int = 0
     retries: int = 0
     throttled: int = 0  # 429 responses
-    ambiguous: set[int] = field(
-        default_factory=set
-    )  # retried after a failure that may have stored them
+    # delivered after a failure that may have stored them already (timeout, 5xx, lost reply)
+    ambiguous: set[int] = field(default_factory=set)
     last_status: int | None = None
+
+    def merge(self, other: SendResult) -> None:
+        self.delivered.extend(other.delivered)
+        self.dead.extend(other.dead)
+        self.requests += other.requests
+        self.retries += other.retries
+        self.throttled += other.throttled
+        self.ambiguous |= other.ambiguous
+        if other.last_status is not None:
+            self.last_status = other.last_status

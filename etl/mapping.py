@@ -139,6 +139,8 @@ class Mapper:
             if is_missing(raw_name):
                 return reject(f"event name column {name_spec.column} is empty")
             name = name_spec.rename.get(str(raw_name), str(raw_name))
+            if name_spec.lowercase:
+                name = name.lower()
         else:
             name = name_spec
 
@@ -155,9 +157,21 @@ class Mapper:
 
         args: dict[str, ArgValue] = {}
         for arg_name, spec in self.mapping.args.items():
-            problem = _add_arg(args, arg_name, spec, row.get(spec.column))
+            problem = _add_arg(args, "parameter", arg_name, spec, row.get(spec.column))
             if problem:
                 return reject(problem)
+        fields: dict[str, ArgValue] = {}
+        for field_name, spec in self.mapping.fields.items():
+            problem = _add_arg(fields, "field", field_name, spec, row.get(spec.column))
+            if problem:
+                return reject(problem)
+        properties: dict[str, Any] = {}
+        if self.mapping.properties_column:
+            column = self.mapping.properties_column
+            try:
+                properties = parse_json_object(row.get(column))
+            except ValueError as exc:
+                return reject(f"properties column {column}: {exc}")
 
         event = Event(
             event_id=event_id,
@@ -168,21 +182,44 @@ class Mapper:
             user_type=user_type,
             occurred_at=occurred_at,
             args=args,
+            fields=fields,
+            properties=properties,
         )
         problem = self.vendor.validate(event)
         return reject(problem) if problem else event
 
 
-def _add_arg(args: dict[str, ArgValue], name: str, spec: ArgSpec, value: Any) -> str | None:
+def _add_arg(
+    out: dict[str, ArgValue], what: str, name: str, spec: ArgSpec, value: Any
+) -> str | None:
     if is_missing(value):
         if spec.required:
-            return f"parameter {name} (column {spec.column}) is missing"
+            return f"{what} {name} (column {spec.column}) is missing"
         return None
     try:
-        args[name] = coerce_arg(value, spec.type)
+        out[name] = coerce_arg(value, spec.type)
     except ArgTypeError as exc:
-        return f"parameter {name} (column {spec.column}): {exc}"
+        return f"{what} {name} (column {spec.column}): {exc}"
     return None
+
+
+def parse_json_object(value: Any) -> dict[str, Any]:
+    """A JSON object column's value (a dict from json/jsonb columns, or JSON text); {} if empty."""
+    if is_missing(value):
+        return {}
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        raise ValueError(f"a {type(value).__name__} is not a JSON object")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        raise ValueError("is not valid JSON") from None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"holds a JSON {type(parsed).__name__}, not an object")
+    return parsed
 
 
 def _normalize(value: Any) -> str:

@@ -6,13 +6,11 @@ from the dead-letter counter to the delivered one; the others stay dead with the
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from etl.config import PipelineConfig, resolve_credentials
 from etl.events import DeadLetter, Event, Filtered
 from etl.mapping import Mapper
-from etl.retry import RetryPolicy
 from etl.sender import Sender
 from etl.source import Source
 from etl.state import open_store
@@ -46,19 +44,7 @@ def replay_dead_letters(
         return report
     rows = source.rows_by_key([str(d["source_key"]) for d in letters], mapper.columns)
     by_key = {str(r[config.source.key_column]): r for r in rows}
-    rate = dest.rate_limit or vendor.endpoint().rate_limit
-    sender = Sender(
-        destination,
-        vendor,
-        dest.base_url,
-        credentials,
-        credential_hint=f"destinations.{destination}.credentials",
-        timeout=dest.timeout_seconds,
-        policy=RetryPolicy(max_attempts=dest.max_attempts),
-        rate=rate.per_second,
-        burst=rate.burst,
-        clock=time.monotonic,
-    )
+    sender = Sender.for_destination(destination, dest, vendor, credentials)
     delivered: list[tuple[str, str]] = []
     still_dead: list[tuple[str, DeadLetter]] = []
     to_send: list[tuple[str, Event]] = []

@@ -16,10 +16,11 @@ from etl.config import PipelineConfig, resolve_credentials
 from etl.engine import DestinationContext, PartitionReport, run_partition
 from etl.errors import AccountingError, ConfigError, DeliveryError
 from etl.ratelimit import BucketRegistry, Clock, Sleep
-from etl.retry import RetryPolicy, full_jitter
+from etl.retry import full_jitter
 from etl.sender import Sender
 from etl.source import Source, safe_url
 from etl.state import StateStore, open_store
+from etl.timestamps import day_bounds
 from etl.vendors import vendor_class
 
 
@@ -30,6 +31,7 @@ class DestinationReport:
     partitions: list[PartitionReport] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    skipped: str | None = None  # partitions not sent at all, and why
 
     def total(self, attr: str) -> int:
         return sum(int(getattr(p, attr)) for p in self.partitions)
@@ -136,6 +138,28 @@ def run_backfill(
     return RunReport(reports, tables, safe_url(store.engine) if store else "", first, last)
 
 
+def _skip_too_old(
+    ctx: DestinationContext, days: list[date], store: StateStore | None
+) -> tuple[list[date], str | None]:
+    """Days wholly older than the vendor accepts are not read; say how many rows that leaves out."""
+    oldest = ctx.vendor.oldest_allowed()
+    if oldest is None or ctx.vendor.max_age is None:
+        return days, None
+    too_old = [d for d in days if day_bounds(d)[1] <= oldest]
+    if not too_old:
+        return days, None
+    rows = ctx.source.count(too_old[0], too_old[-1])
+    reason = f"older than {ctx.vendor.title}'s {ctx.vendor.max_age.days}-day window"
+    if store is not None:
+        for day in too_old:
+            store.mark_skipped(ctx.name, day.isoformat(), ctx.fingerprint, reason)
+    message = (
+        f"{ctx.name}: {rows:,} rows from {too_old[0]} to {too_old[-1]} are {reason}: "
+        f"those {len(too_old)} partitions are skipped and nothing of them is sent"
+    )
+    return days[len(too_old) :], message
+
+
 def _run_destination(
     config: PipelineConfig,
     name: str,
@@ -157,25 +181,23 @@ def _run_destination(
     vendor = vendor_class(dest.vendor).from_config(dest)
     sender = None
     if out is None:
-        rate = dest.rate_limit or vendor.endpoint().rate_limit
-        sender = Sender(
+        sender = Sender.for_destination(
             name,
+            dest,
             vendor,
-            dest.base_url,
             credentials,
-            credential_hint=f"the key in {', '.join(dest.credentials.values())} "
-            f"(destinations.{name}.credentials)",
-            timeout=dest.timeout_seconds,
-            policy=RetryPolicy(max_attempts=dest.max_attempts, jitter=jitter),
-            rate=rate.per_second,
-            burst=rate.burst,
-            pool_size=dest.max_in_flight,
             buckets=buckets,
             clock=clock,
             sleep=sleep,
+            jitter=jitter,
         )
     ctx = DestinationContext(name, dest, vendor, source, config.source, store, sender)
     report = DestinationReport(name, dest.vendor)
+    days, report.skipped = _skip_too_old(ctx, days, store)
+    if report.skipped and log:
+        log(report.skipped)
+    if not days:
+        return report
     remaining = source.count(days[0], days[-1])
     if store is not None and not restart:
         done = {d.isoformat() for d in days}

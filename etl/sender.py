@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from etl import __version__
+from etl.config import DestinationConfig
 from etl.errors import FatalDeliveryError, RetriesExhaustedError
 from etl.events import SendResult
 from etl.ratelimit import BucketRegistry, Clock, Sleep, TokenBucket
-from etl.retry import RetryPolicy
+from etl.retry import RetryPolicy, full_jitter
 from etl.vendors.base import Classified, Vendor, Verdict
 
 log = logging.getLogger(__name__)
@@ -81,10 +84,46 @@ class Sender:
         )
         if session is None:
             session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(pool_size, 1))
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2 * pool_size + 1)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
         self.session = session
+        # One event per request: the events of a batch go out in parallel, paced by the bucket.
+        self._parallel = (
+            None if endpoint.json_array else ThreadPoolExecutor(pool_size, f"req-{destination}")
+        )
+
+    @classmethod
+    def for_destination(
+        cls,
+        name: str,
+        dest: DestinationConfig,
+        vendor: Vendor,
+        credentials: dict[str, str],
+        *,
+        buckets: BucketRegistry | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = time.sleep,
+        jitter: Callable[[float], float] = full_jitter,
+    ) -> Sender:
+        """The sender of a configured destination: its limits, retries and credentials."""
+        rate = dest.rate_limit or vendor.endpoint().rate_limit
+        refs = ", ".join(dest.credentials.values())
+        return cls(
+            name,
+            vendor,
+            vendor.base_url(dest),
+            credentials,
+            credential_hint=f"the key in {refs} (destinations.{name}.credentials)",
+            timeout=dest.timeout_seconds,
+            policy=RetryPolicy(max_attempts=dest.max_attempts, jitter=jitter),
+            rate=rate.per_second,
+            burst=rate.burst,
+            pool_size=dest.max_in_flight,
+            buckets=buckets,
+            clock=clock,
+            sleep=sleep,
+        )
 
     def send(self, payloads: list[bytes]) -> SendResult:
         """Deliver what can be delivered; every payload ends up in ``delivered`` or ``dead``.
@@ -92,8 +131,19 @@ class Sender:
         Raises FatalDeliveryError (credential refused) or RetriesExhaustedError; then nothing of
         this batch is known to be delivered.
         """
+        if self._parallel is None or len(payloads) == 1:
+            result = SendResult()
+            self._send_part(payloads, list(range(len(payloads))), result)
+            return result
+
+        def one(index: int) -> SendResult:
+            part = SendResult()
+            self._send_part(payloads, [index], part)
+            return part
+
         result = SendResult()
-        self._send_part(payloads, list(range(len(payloads))), result)
+        for part in self._parallel.map(one, range(len(payloads))):
+            result.merge(part)
         return result
 
     def _send_part(self, payloads: list[bytes], idx: list[int], result: SendResult) -> None:
@@ -161,4 +211,6 @@ class Sender:
             self._sleep(delay)
 
     def close(self) -> None:
+        if self._parallel is not None:
+            self._parallel.shutdown(cancel_futures=True)
         self.session.close()

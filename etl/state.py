@@ -235,6 +235,27 @@ class StateStore:
             row = conn.execute(sa.select(self.checkpoints).where(cp_key)).mappings().one()
         return _checkpoint(row)
 
+    def mark_skipped(self, destination: str, partition: str, fingerprint: str, reason: str) -> None:
+        """Record a partition that will not be sent (e.g. older than the vendor accepts),
+        unless it was already sent or started."""
+        now = _now()
+        with self.engine.begin() as conn:
+            key = self._key(self.checkpoints, destination, partition)
+            if conn.execute(sa.select(self.checkpoints.c.status).where(key)).first() is not None:
+                return
+            conn.execute(
+                sa.insert(self.checkpoints).values(
+                    destination=destination,
+                    partition=partition,
+                    status="skipped",
+                    fingerprint=fingerprint,
+                    error=reason,
+                    started_at=now,
+                    updated_at=now,
+                    **{c: 0 for c in (*COUNTERS, "requests", "retries", "throttled")},
+                )
+            )
+
     def in_doubt_ranges(self, destination: str, partition: str) -> list[tuple[Position, Position]]:
         """Key ranges of batches that were sent but never acknowledged (maybe delivered)."""
         stmt = sa.select(self.batches.c.first_position, self.batches.c.last_position).where(

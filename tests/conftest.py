@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,10 @@ class Warehouse:
         engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
-    if request.param == "sqlite":
+@contextmanager
+def warehouse_of(kind: str, tmp_path: Path) -> Iterator[Warehouse]:
+    """A fresh SQLite file, or a fresh schema in PostgreSQL dropped afterwards."""
+    if kind == "sqlite":
         yield Warehouse("sqlite", f"sqlite:///{tmp_path / 'warehouse.db'}", None)
         return
     require_postgres()
@@ -81,6 +83,12 @@ def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Wareho
     with engine.begin() as conn:
         conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    with warehouse_of(request.param, tmp_path) as found:
+        yield found
 
 
 @pytest.fixture
@@ -108,6 +116,53 @@ FUUL_MAPPING = {
 }
 
 
+VENDOR_DESTINATIONS: dict[str, dict[str, Any]] = {
+    "fuul": {
+        "path": "/fuul/api/v1",
+        "credentials": {"api_key": "${FUUL_API_KEY}"},
+        "mapping": FUUL_MAPPING,
+    },
+    "torque": {
+        "path": "/torque",
+        "credentials": {"api_key": "${TORQUE_API_KEY}"},
+        "mapping": {
+            "filter": {"action": ["purchase", "game_played"], "wallet_type": ["solana_address"]},
+            "event_name": {"column": "action"},
+            "user": {"column": "wallet"},
+            "args": {
+                "game": {"column": "game_id"},
+                "amount": {"column": "amount", "type": "number", "required": False},
+            },
+        },
+    },
+    "thrivestack": {
+        "path": "/thrivestack",
+        "credentials": {"api_key": "${THRIVESTACK_API_KEY}"},
+        "mapping": {
+            "event_name": {"column": "action"},
+            "user": {"column": "user_id"},
+            "properties_column": "properties",
+            "args": {"score": {"column": "score", "type": "integer", "required": False}},
+            "fields": {"group_id": {"column": "account_id"}},
+        },
+    },
+    "airship": {
+        "path": "/airship",
+        "credentials": {"token": "${AIRSHIP_TOKEN}", "app_key": "${AIRSHIP_APP_KEY}"},
+        "mapping": {
+            "filter": {"action": ["level_up", "purchase", "game_played"]},
+            "event_name": {"column": "action", "lowercase": True},
+            "user": {"column": "user_id", "type": "named_user_id"},
+            "properties_column": "properties",
+            "fields": {"value": {"column": "amount", "type": "number", "required": False}},
+        },
+    },
+}
+DESTINATION = (
+    "fuul_rewards"  # every test pipeline has one destination, named so whatever its vendor
+)
+
+
 def write_pipeline(
     path: Path,
     warehouse: Warehouse,
@@ -115,13 +170,15 @@ def write_pipeline(
     start_date: str,
     destination: dict[str, Any] | None = None,
     source: dict[str, Any] | None = None,
+    vendor: str = "fuul",
 ) -> Path:
+    preset = VENDOR_DESTINATIONS[vendor]
     dest = {
-        "vendor": "fuul",
-        "base_url": f"{sandbox_url}/fuul/api/v1",
-        "credentials": {"api_key": "${FUUL_API_KEY}"},
+        "vendor": vendor,
+        "base_url": sandbox_url + preset["path"],
+        "credentials": preset["credentials"],
         "max_in_flight": 3,
-        "mapping": FUUL_MAPPING,
+        "mapping": preset["mapping"],
         **(destination or {}),
     }
     doc: dict[str, Any] = {
@@ -132,7 +189,7 @@ def write_pipeline(
             "chunk_size": 500,
             **(source or {}),
         },
-        "destinations": {"fuul_rewards": dest},
+        "destinations": {DESTINATION: dest},
     }
     if warehouse.schema:
         doc["source"].setdefault("schema", warehouse.schema)
@@ -142,5 +199,8 @@ def write_pipeline(
 
 
 @pytest.fixture(autouse=True)
-def _fuul_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FUUL_API_KEY", "sandbox-fuul-key")
+def _sandbox_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    from etl.demo.run import SANDBOX_CREDENTIALS
+
+    for variable, key in SANDBOX_CREDENTIALS.items():
+        monkeypatch.setenv(variable, key)

@@ -2,12 +2,14 @@
 
 Users follow a Zipf-like law (a few very active players, a long tail); actions cluster in the
 evening; a few per cent of rows are bad in the ways real warehouses are: missing or malformed
-wallets, unknown wallet kinds, scores typed as text, missing game ids.
+wallets, unknown wallet kinds, scores typed as text, missing game ids, broken or oversized
+JSON properties.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import string
 from collections.abc import Iterator
@@ -43,6 +45,8 @@ def actions_table(metadata: sa.MetaData, name: str = "user_actions") -> sa.Table
         sa.Column("score", sa.String(16)),  # text on purpose: warehouses are like that
         sa.Column("amount", sa.Float),
         sa.Column("platform", sa.String(16)),
+        sa.Column("account_id", sa.String(16)),
+        sa.Column("properties", sa.Text),  # JSON text, as many warehouses keep it
         sa.Index(f"ix_{name}_occurred_at_id", "occurred_at", "id"),
     )
 
@@ -99,15 +103,23 @@ def generate_rows(
             "score": str(rng.randrange(0, 50_000)) if action == "game_played" else None,
             "amount": round(rng.uniform(0.99, 49.99), 2) if action == "purchase" else None,
             "platform": rng.choice(["ios", "android", "web"]),
+            "account_id": f"acct_{int(user.user_id[2:]) % 400:04d}",
         }
+        row["properties"] = json.dumps(
+            {
+                "platform": row["platform"],
+                "level": rng.randrange(1, 60),
+                "client": {"version": "2.4.1"},
+            }
+        )
         _maybe_spoil(rng, row)
         yield row
 
 
 def _maybe_spoil(rng: random.Random, row: dict[str, Any]) -> None:
-    """About 3 % of rows get one defect of several kinds."""
+    """About 4 % of rows get one defect of several kinds."""
     roll = rng.random()
-    if roll >= 0.03:
+    if roll >= 0.04:
         return
     kind = int(roll / 0.005)
     if kind == 0:
@@ -120,6 +132,10 @@ def _maybe_spoil(rng: random.Random, row: dict[str, Any]) -> None:
         row["score"] = rng.choice(["n/a", "12,5", "lots"])
     elif kind == 4 and row["action"] != "login":
         row["game_id"] = None
+    elif kind == 5:
+        row["properties"] = '{"platform": "ios", "level": '  # cut off mid-write
+    elif kind == 6:
+        row["properties"] = json.dumps({"note": "x" * 300})  # over Airship's 255 characters
     else:
         row["wallet"] = " " + str(row["wallet"]) + " "  # stray spaces: fixable, not bad
 

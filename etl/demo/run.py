@@ -10,11 +10,18 @@ from pathlib import Path
 from etl.config import load_pipeline
 from etl.demo.data import create_warehouse
 from etl.runner import RunReport, run_backfill
-from etl.sandbox import start_sandbox
-from etl.sandbox.fuul import KEYS as FUUL_KEYS
+from etl.sandbox import airship, fuul, start_sandbox, thrivestack, torque
 from etl.source import make_engine
 
 TIME_SCALE = 300.0
+SANDBOX_CREDENTIALS = {
+    "FUUL_API_KEY": next(iter(fuul.KEYS)),
+    "TORQUE_API_KEY": torque.KEY,
+    "THRIVESTACK_API_KEY": thrivestack.KEY,
+    "AIRSHIP_TOKEN": airship.TOKEN,
+    "AIRSHIP_APP_KEY": airship.APP_KEY,
+}
+TORQUE_EVENTS = {"purchase": {"amount": "number", "game": "string"}}
 TEMPLATE = Path(__file__).with_name("pipeline.yaml.tmpl")
 
 
@@ -24,6 +31,7 @@ def write_pipeline(directory: Path, start_date: str, time_scale: float = TIME_SC
         start_date=start_date,
         time_scale=int(time_scale),
         window=round(60 / time_scale, 4),
+        second=round(1 / time_scale, 6),
     )
     path = directory / "pipeline.yaml"
     path.write_text(text, encoding="utf-8")
@@ -50,16 +58,20 @@ def run_demo(
     else:
         say(f"Using the existing {warehouse} (--fresh starts over)")
     pipeline_path = write_pipeline(directory, start.isoformat())
-    server = start_sandbox(time_scale=TIME_SCALE)
+    server = start_sandbox(time_scale=TIME_SCALE, torque_events=TORQUE_EVENTS)
     os.environ["ETL_SANDBOX_URL"] = server.url
-    os.environ.setdefault("FUUL_API_KEY", next(iter(FUUL_KEYS)))
+    for variable, key in SANDBOX_CREDENTIALS.items():  # the sandbox's keys, never real ones
+        os.environ[variable] = key
     say(f"Sandbox vendors on {server.url} (time scale {TIME_SCALE:g}x)")
     try:
         config = load_pipeline(pipeline_path)
-        report = run_backfill(config, first_day=start, progress=progress)
+        report = run_backfill(config, first_day=start, progress=progress, log=say)
         stats = server.sandbox.stats
     finally:
         server.stop()
     say(f"Pipeline file: {pipeline_path}")
-    say(f"Sandbox saw: {dict(stats.get('fuul', {}))}")
+    for vendor, counts in sorted(stats.items()):
+        say(
+            f"Sandbox {vendor}: {counts['requests']:,} requests, {counts['stored']:,} events stored"
+        )
     return report

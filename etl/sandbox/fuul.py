@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from etl.sandbox.server import Reply, Sandbox, VendorEmulator
@@ -72,7 +73,7 @@ class FuulEmulator(VendorEmulator):
         self.single_limit = self.limiter(100, 60)
         self.batch_limit = self.limiter(10, 60)
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
         if method != "POST" or path not in ("/api/v1/events", "/api/v1/events/batch"):
             return Reply(404, {"message": "Not found"})
         auth = headers.get("Authorization", "")

@@ -16,12 +16,14 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlparse
+
+from requests.structures import CaseInsensitiveDict
 
 
 @dataclass
@@ -85,7 +87,8 @@ class VendorEmulator:
     def store(self, event: dict[str, Any]) -> None:
         self.sandbox.record(self.name, event)
 
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Reply:
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        """Answer one request; ``headers`` is case-insensitive."""
         raise NotImplementedError
 
 
@@ -99,6 +102,7 @@ class Sandbox:
         seed: int = 0,
         record_path: Path | None = None,
         fuul_triggers: set[str] | None = None,
+        torque_events: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.time_scale = time_scale
         self.clock = clock
@@ -109,12 +113,21 @@ class Sandbox:
         self.stats: dict[str, Counter[str]] = defaultdict(Counter)
         self.faults: dict[str, Faults] = defaultdict(Faults)
         self.fuul_triggers = fuul_triggers
+        self.torque_events = torque_events
         self.emulators = self._emulators()
 
     def _emulators(self) -> dict[str, VendorEmulator]:
+        from etl.sandbox.airship import AirshipEmulator
         from etl.sandbox.fuul import FuulEmulator
+        from etl.sandbox.thrivestack import ThriveStackEmulator
+        from etl.sandbox.torque import TorqueEmulator
 
-        return {"fuul": FuulEmulator(self, triggers=self.fuul_triggers)}
+        return {
+            "fuul": FuulEmulator(self, triggers=self.fuul_triggers),
+            "torque": TorqueEmulator(self, events=self.torque_events),
+            "thrivestack": ThriveStackEmulator(self),
+            "airship": AirshipEmulator(self),
+        }
 
     def record(self, vendor: str, event: dict[str, Any]) -> None:
         self.records[vendor].append(event)
@@ -135,7 +148,7 @@ class Sandbox:
             self.emulators = self._emulators()
 
     def dispatch(
-        self, method: str, raw_path: str, headers: dict[str, str], body: bytes
+        self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes
     ) -> Reply | None:
         """The reply to a request, or None to drop the connection (a lost response)."""
         url = urlparse(raw_path)
@@ -190,7 +203,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        headers = {k: v for k, v in self.headers.items()}
+        headers = CaseInsensitiveDict(self.headers.items())
         reply = self.server.sandbox.dispatch(method, self.path, headers, body)
         if reply is None:
             self.close_connection = True

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from etl.config import DestinationConfig
+from etl.vendors.airship import Airship
 from etl.vendors.base import Vendor
 from etl.vendors.fuul import Fuul
+from etl.vendors.thrivestack import ThriveStack
+from etl.vendors.torque import Torque
 
-VENDORS: dict[str, type[Vendor]] = {cls.name: cls for cls in (Fuul,)}
+VENDORS: dict[str, type[Vendor]] = {cls.name: cls for cls in (Fuul, Torque, ThriveStack, Airship)}
 
 
 def vendor_class(name: str) -> type[Vendor]:

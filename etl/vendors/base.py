@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any, ClassVar
@@ -60,8 +62,6 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        from datetime import UTC, datetime
-
         when = parsedate_to_datetime(value)
         return max(0.0, (when - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
@@ -87,21 +87,56 @@ class Vendor(ABC):
     """Base of every destination vendor."""
 
     name: ClassVar[str]
+    title: ClassVar[str]
     deduplicates: ClassVar[bool]  # the vendor drops an event it already has (resends are harmless)
     options_model: ClassVar[type[VendorOptions]] = VendorOptions
     credential_keys: ClassVar[tuple[str, ...]] = ("api_key",)
+    # Parameter types the vendor's events can hold, vendor fields (name -> type), free properties.
+    arg_types: ClassVar[frozenset[str]] = frozenset({"string", "number", "integer", "boolean"})
+    field_types: ClassVar[dict[str, str]] = {}
+    properties_column: ClassVar[bool] = False
+    # Events older than this are refused by the vendor (Airship: 90 days).
+    max_age: ClassVar[timedelta | None] = None
 
-    def __init__(self, options: VendorOptions) -> None:
+    def __init__(self, options: VendorOptions, now: Callable[[], datetime] | None = None) -> None:
         self.options = options
+        self.now = now or (lambda: datetime.now(UTC))
 
     @classmethod
     def from_config(cls, dest: DestinationConfig) -> Vendor:
         return cls(cls.options_model.model_validate(dest.options))
 
+    @abstractmethod
+    def default_base_url(self) -> str: ...
+
+    def base_url(self, dest: DestinationConfig) -> str:
+        return dest.base_url or self.default_base_url()
+
+    def oldest_allowed(self) -> datetime | None:
+        """Events before this instant would be refused (None: no age limit)."""
+        return self.now() - self.max_age if self.max_age else None
+
     @classmethod
     def check_mapping(cls, mapping: MappingConfig) -> list[str]:
         """Problems in a mapping that the vendor would refuse whatever the data ('key: message')."""
-        return []
+        problems = []
+        for name, spec in mapping.args.items():
+            if spec.type not in cls.arg_types:
+                allowed = ", ".join(sorted(cls.arg_types))
+                problems.append(f"mapping.args.{name}.type: {cls.title} parameters are {allowed}")
+        for name, spec in mapping.fields.items():
+            if name not in cls.field_types:
+                known = ", ".join(sorted(cls.field_types)) or "none"
+                problems.append(
+                    f"mapping.fields.{name}: {cls.title} has no such field (it has: {known})"
+                )
+            elif spec.type != cls.field_types[name]:
+                problems.append(f"mapping.fields.{name}.type: must be {cls.field_types[name]}")
+        if mapping.properties_column and not cls.properties_column:
+            problems.append(
+                f"mapping.properties_column: {cls.title} events have no free properties"
+            )
+        return problems
 
     @abstractmethod
     def endpoint(self) -> Endpoint: ...

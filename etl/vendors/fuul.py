@@ -47,21 +47,26 @@ class FuulOptions(VendorOptions):
 
 class Fuul(Vendor):
     name = "fuul"
+    title = "Fuul"
     deduplicates = True
     options_model = FuulOptions
     options: FuulOptions
 
+    def default_base_url(self) -> str:
+        return "https://api.fuul.xyz/api/v1"
+
     @classmethod
     def check_mapping(cls, mapping: MappingConfig) -> list[str]:
+        problems = super().check_mapping(mapping)
         user = mapping.user
         if user.type is None and user.type_column is None:
-            return ["mapping.user.type: Fuul needs an identifier type (or 'type_column')"]
-        if user.type is not None and user.type not in IDENTIFIER_RULES:
-            return [
+            problems.append("mapping.user.type: Fuul needs an identifier type (or 'type_column')")
+        elif user.type is not None and user.type not in IDENTIFIER_RULES:
+            problems.append(
                 f"mapping.user.type: {user.type!r} is not a Fuul identifier type; "
                 f"use one of {', '.join(sorted(IDENTIFIER_RULES))}"
-            ]
-        return []
+            )
+        return problems
 
     def endpoint(self) -> Endpoint:
         if self.options.endpoint == "single":
