@@ -139,6 +139,51 @@ def print_summary(report: RunReport, dry_run: Path | None = None) -> None:
 
 @cli.command()
 @config_option
+@click.option("-d", "--destination", "destinations", multiple=True, help="Only these (repeatable).")
+@click.option("--from", "first_day", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC).")
+@click.option("--to", "last_day", type=click.DateTime(["%Y-%m-%d"]), help="Last day, inclusive.")
+@click.option("--by-partition", is_flag=True, help="One line per partition as well.")
+def plan(
+    config_path: Path,
+    destinations: tuple[str, ...],
+    first_day: Any,
+    last_day: Any,
+    by_partition: bool,
+) -> None:
+    """What a run would send, filter and reject, and how long it would take. Sends nothing."""
+    from etl.plan import format_duration, plan_backfill
+
+    config = _load(config_path)
+    plans = plan_backfill(
+        config,
+        list(destinations) or None,
+        first_day.date() if first_day else None,
+        last_day.date() if last_day else None,
+    )
+    for p in plans:
+        rejected = p.rejected
+        rows = p.total("rows") + p.skipped_rows
+        click.echo(f"{p.name} ({p.vendor}): {rows:,} rows")
+        click.echo(f"  to send   {p.total('to_send'):>10,}  in {p.total('requests'):,} requests")
+        click.echo(f"  filtered  {p.total('filtered'):>10,}")
+        click.echo(f"  rejected  {sum(rejected.values()):>10,}")
+        for reason, count in rejected.most_common():
+            click.echo(f"    {count:>10,}  {reason}")
+        rate = f"{p.rate.requests:g} requests per {p.rate.per_seconds:g} s"
+        click.echo(f"  estimated {format_duration(p.seconds)} at {rate} (the rate limit alone)")
+        if by_partition:
+            click.echo(
+                f"    {'partition':<10} {'rows':>8} {'send':>8} {'filtered':>8} {'rejected':>8}"
+            )
+            for part in p.partitions:
+                click.echo(
+                    f"    {part.partition:<10} {part.rows:>8,} {part.to_send:>8,} "
+                    f"{part.filtered:>8,} {sum(part.rejected.values()):>8,}"
+                )
+
+
+@cli.command()
+@config_option
 @click.option("-d", "--destination", "destinations", multiple=True)
 @click.option("--all", "show_all", is_flag=True, help="Also list empty, complete partitions.")
 def status(config_path: Path, destinations: tuple[str, ...], show_all: bool) -> None:
@@ -257,6 +302,13 @@ def replay_dead_letters_cmd(config_path: Path, destination: str, partition: str 
     help="Append accepted events to this JSONL file.",
 )
 @click.option("--fuul-triggers", help="Comma-separated event names Fuul accepts (default: any).")
+@click.option(
+    "--torque-event",
+    "torque_events",
+    multiple=True,
+    metavar="NAME:PARAM=TYPE,...",
+    help="A Torque custom event and its typed parameters (repeatable; default: any event).",
+)
 @click.option("--error-rate", default=0.0, help="Fraction of requests answered 503.")
 @click.option(
     "--lose-rate", default=0.0, help="Fraction of accepted requests whose response is lost."
@@ -268,6 +320,7 @@ def sandbox(
     time_scale: float,
     record: Path | None,
     fuul_triggers: str | None,
+    torque_events: tuple[str, ...],
     error_rate: float,
     lose_rate: float,
     latency_ms: float,
@@ -277,23 +330,45 @@ def sandbox(
     from etl.sandbox.server import Sandbox
 
     triggers = {t.strip() for t in fuul_triggers.split(",")} if fuul_triggers else None
-    box = Sandbox(time_scale=time_scale, record_path=record, fuul_triggers=triggers)
+    box = Sandbox(
+        time_scale=time_scale,
+        record_path=record,
+        fuul_triggers=triggers,
+        torque_events=_parse_torque_events(torque_events) if torque_events else None,
+    )
     for vendor in box.emulators:
         box.set_faults(vendor, error_rate=error_rate, lose_rate=lose_rate, latency_ms=latency_ms)
     server = SandboxServer(box, host, port)
-    click.echo(f"Sandbox vendors on {server.url} (time scale {time_scale:g}x); Ctrl-C stops.")
-    click.echo(
-        f"  Fuul: {server.url}/fuul/api/v1  keys: sandbox-fuul-key (send), sandbox-fuul-readonly"
-    )
-    click.echo(
-        f"  Records: {server.url}/_sandbox/records?vendor=fuul  stats: {server.url}/_sandbox/stats"
-    )
+    url = server.url
+    click.echo(f"Sandbox vendors on {url} (time scale {time_scale:g}x); Ctrl-C stops.")
+    for line in (
+        f"fuul         {url}/fuul/api/v1  key sandbox-fuul-key (sandbox-fuul-readonly: 403)",
+        f"torque       {url}/torque       key sandbox-torque-key",
+        f"thrivestack  {url}/thrivestack  key sandbox-thrivestack-key",
+        f"airship      {url}/airship      token sandbox-airship-token, app sandbox-airship-app",
+        f"records      {url}/_sandbox/records?vendor=NAME, stats {url}/_sandbox/stats",
+    ):
+        click.echo("  " + line)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+
+
+def _parse_torque_events(specs: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """'purchase:amount=number,game=string' -> {'purchase': {'amount': 'number', ...}}."""
+    events: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        name, _, params = spec.partition(":")
+        events[name.strip()] = {}
+        for param in filter(None, params.split(",")):
+            key, _, kind = param.partition("=")
+            if kind not in ("string", "number", "boolean"):
+                raise click.BadParameter(f"{param!r}: the type must be string, number or boolean")
+            events[name.strip()][key.strip()] = kind
+    return events
 
 
 @cli.command()

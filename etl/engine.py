@@ -196,6 +196,28 @@ class DryRunSink:
         self.out.flush()
 
 
+def stream_partition(
+    ctx: DestinationContext,
+    day: date,
+    cursor: Position | None,
+    batcher: Batcher,
+    sink: BatchSink,
+    on_rows: RowsCallback | None = None,
+) -> None:
+    """Read the day after ``cursor``, map every row, cut batches, hand them to the sink."""
+    mapper = Mapper(ctx.name, ctx.config, ctx.source_config, ctx.vendor)
+    for chunk in ctx.source.read(day, mapper.columns, after=cursor):
+        for row in chunk:
+            for batch in batcher.add(mapper.map_row(row)):
+                sink.submit(batch)
+        if on_rows:
+            on_rows(len(chunk))
+    last = batcher.flush()
+    if last is not None:
+        sink.submit(last)
+    sink.drain()
+
+
 def run_partition(
     ctx: DestinationContext,
     day: date,
@@ -208,7 +230,6 @@ def run_partition(
     partition = day.isoformat()
     report = PartitionReport(ctx.name, partition)
     started = time.monotonic()
-    mapper = Mapper(ctx.name, ctx.config, ctx.source_config, ctx.vendor)
     store = ctx.store
     sink: BatchSink
     if dry_run is not None:
@@ -223,16 +244,7 @@ def run_partition(
         batcher = ctx.batcher(store.next_seq(ctx.name, partition))
         sink = DeliverySink(ctx, partition, report, store.in_doubt_ranges(ctx.name, partition))
     try:
-        for chunk in ctx.source.read(day, mapper.columns, after=cursor):
-            for row in chunk:
-                for batch in batcher.add(mapper.map_row(row)):
-                    sink.submit(batch)
-            if on_rows:
-                on_rows(len(chunk))
-        last = batcher.flush()
-        if last is not None:
-            sink.submit(last)
-        sink.drain()
+        stream_partition(ctx, day, cursor, batcher, sink, on_rows)
     except BaseException as exc:
         sink.abort()
         if dry_run is None and store is not None:

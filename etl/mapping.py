@@ -65,10 +65,10 @@ def coerce_arg(value: Any, kind: str) -> ArgValue:
             return True
         if text in _FALSE:
             return False
-        raise ArgTypeError(f"{str(value)[:40]!r} is not a boolean")
+        raise ArgTypeError(f"not a boolean (got {str(value)[:40]!r})")
     # number / integer
     if isinstance(value, bool):
-        raise ArgTypeError(f"{value!r} is a boolean, not a {kind}")
+        raise ArgTypeError(f"a boolean, not a {kind} (got {value!r})")
     number: int | float
     if isinstance(value, int):
         number = value
@@ -76,13 +76,13 @@ def coerce_arg(value: Any, kind: str) -> ArgValue:
         try:
             number = float(value) if not isinstance(value, str) else float(value.strip())
         except (TypeError, ValueError):
-            raise ArgTypeError(f"{str(value)[:40]!r} is not a number") from None
+            raise ArgTypeError(f"not a number (got {str(value)[:40]!r})") from None
         if not math.isfinite(number):
-            raise ArgTypeError(f"{value!r} is not a finite number")
+            raise ArgTypeError(f"not a finite number (got {value!r})")
         if number.is_integer() and abs(number) < 2**53:
             number = int(number)
     if kind == "integer" and not isinstance(number, int):
-        raise ArgTypeError(f"{value!r} is not an integer")
+        raise ArgTypeError(f"not an integer (got {value!r})")
     return number
 
 

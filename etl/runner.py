@@ -138,16 +138,17 @@ def run_backfill(
     return RunReport(reports, tables, safe_url(store.engine) if store else "", first, last)
 
 
-def _skip_too_old(
+def skip_too_old(
     ctx: DestinationContext, days: list[date], store: StateStore | None
-) -> tuple[list[date], str | None]:
-    """Days wholly older than the vendor accepts are not read; say how many rows that leaves out."""
+) -> tuple[list[date], str | None, int]:
+    """Days wholly older than the vendor accepts are not read: the days left, a message that
+    says how many rows that leaves out, and that number."""
     oldest = ctx.vendor.oldest_allowed()
     if oldest is None or ctx.vendor.max_age is None:
-        return days, None
+        return days, None, 0
     too_old = [d for d in days if day_bounds(d)[1] <= oldest]
     if not too_old:
-        return days, None
+        return days, None, 0
     rows = ctx.source.count(too_old[0], too_old[-1])
     reason = f"older than {ctx.vendor.title}'s {ctx.vendor.max_age.days}-day window"
     if store is not None:
@@ -157,7 +158,7 @@ def _skip_too_old(
         f"{ctx.name}: {rows:,} rows from {too_old[0]} to {too_old[-1]} are {reason}: "
         f"those {len(too_old)} partitions are skipped and nothing of them is sent"
     )
-    return days[len(too_old) :], message
+    return days[len(too_old) :], message, rows
 
 
 def _run_destination(
@@ -193,7 +194,7 @@ def _run_destination(
         )
     ctx = DestinationContext(name, dest, vendor, source, config.source, store, sender)
     report = DestinationReport(name, dest.vendor)
-    days, report.skipped = _skip_too_old(ctx, days, store)
+    days, report.skipped, _ = skip_too_old(ctx, days, store)
     if report.skipped and log:
         log(report.skipped)
     if not days:

@@ -32,7 +32,7 @@ def _parse_text(text: str, tz: tzinfo) -> datetime:
     try:
         return _localize(datetime.fromisoformat(stripped), tz)
     except ValueError:
-        raise TimestampError(f"timestamp {stripped[:40]!r} is not ISO-8601") from None
+        raise TimestampError(f"timestamp is not ISO-8601 (got {stripped[:40]!r})") from None
 
 
 def _from_epoch(number: float, per_second: int) -> datetime:
@@ -41,7 +41,7 @@ def _from_epoch(number: float, per_second: int) -> datetime:
     try:
         return _EPOCH + timedelta(microseconds=round(number * 1_000_000 / per_second))
     except OverflowError:
-        raise TimestampError(f"epoch timestamp {number} is out of range") from None
+        raise TimestampError(f"epoch timestamp is out of range (got {number})") from None
 
 
 def to_utc(value: Any, kind: TimestampType, tz: tzinfo) -> datetime:
@@ -51,13 +51,15 @@ def to_utc(value: Any, kind: TimestampType, tz: tzinfo) -> datetime:
     if kind in ("epoch_s", "epoch_ms"):
         per_second = 1 if kind == "epoch_s" else 1000
         if isinstance(value, bool):
-            raise TimestampError(f"epoch timestamp {value!r} is not a number")
+            raise TimestampError(f"epoch timestamp is not a number (got {value!r})")
         if isinstance(value, int | float):
             return _from_epoch(float(value), per_second)
         try:
             return _from_epoch(float(str(value)), per_second)
         except ValueError:
-            raise TimestampError(f"epoch timestamp {str(value)[:40]!r} is not a number") from None
+            raise TimestampError(
+                f"epoch timestamp is not a number (got {str(value)[:40]!r})"
+            ) from None
     if isinstance(value, datetime):  # also pandas.Timestamp
         if value != value:  # NaT
             raise TimestampError("timestamp is missing")

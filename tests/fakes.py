@@ -4,18 +4,26 @@ import threading
 
 
 class FakeClock:
-    """A clock that only moves when someone sleeps."""
+    """A clock that only moves when someone sleeps.
+
+    Threads sleep concurrently as in real time: a thread that read the clock at t and sleeps s
+    wakes at t + s, and the clock moves to the latest wake-up, not to the sum of all sleeps.
+    """
 
     def __init__(self, start: float = 1000.0) -> None:
         self.now = start
         self.sleeps: list[float] = []
         self._lock = threading.Lock()
+        self._seen = threading.local()
 
     def __call__(self) -> float:
         with self._lock:
+            self._seen.at = self.now
             return self.now
 
     def sleep(self, seconds: float) -> None:
         with self._lock:
             self.sleeps.append(seconds)
-            self.now += seconds
+            start = getattr(self._seen, "at", self.now)
+            self.now = max(self.now, start + seconds)
+            self._seen.at = self.now

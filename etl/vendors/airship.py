@@ -116,9 +116,9 @@ class Airship(Vendor):
 
     def validate(self, event: Event) -> str | None:
         if event.user_type not in USER_KINDS:
-            return f"user kind {event.user_type!r} is not one of {', '.join(USER_KINDS)}"
+            return f"user kind is not one of {', '.join(USER_KINDS)} (got {event.user_type!r})"
         if event.name != event.name.lower():
-            return f"event name {event.name[:40]!r} has uppercase letters"
+            return f"event name has uppercase letters (got {event.name[:40]!r})"
         oldest = self.oldest_allowed()
         if event.occurred_at < oldest:
             return "older than Airship's 90-day window"

@@ -35,7 +35,7 @@ IDENTIFIER_RULES: dict[str, tuple[re.Pattern[str] | None, str]] = {
 def identifier_problem(identifier: str, kind: str | None) -> str | None:
     """Why an identifier is not valid for its Fuul identifier type, or None."""
     if kind not in IDENTIFIER_RULES:
-        return f"identifier type {kind!r} is not one of {', '.join(sorted(IDENTIFIER_RULES))}"
+        return f"identifier type is not one of {', '.join(sorted(IDENTIFIER_RULES))} (got {kind!r})"
     pattern, expected = IDENTIFIER_RULES[kind]
     ok = is_solana_address(identifier) if pattern is None else bool(pattern.match(identifier))
     return None if ok else f"user identifier is not a valid {kind} ({expected})"

@@ -117,3 +117,12 @@ def test_demo_small_then_again(tmp_path: Path):
 def test_state_ddl_command():
     code, out = invoke("state-ddl", "--dialect", "sqlite", "--prefix", "x_")
     assert code == 0 and "CREATE TABLE x_checkpoints" in out
+
+
+def test_torque_event_definitions_for_the_sandbox():
+    from etl.cli import _parse_torque_events
+
+    parsed = _parse_torque_events(("purchase:amount=number,game=string", "login:"))
+    assert parsed == {"purchase": {"amount": "number", "game": "string"}, "login": {}}
+    code, out = invoke("sandbox", "--torque-event", "purchase:amount=int")
+    assert code == 2 and "the type must be string, number or boolean" in out

@@ -94,15 +94,18 @@ def test_filter_matches_numbers_given_as_text():
         ({"wallet": None}, "user identifier (column wallet) is missing"),
         ({"wallet": "  "}, "user identifier (column wallet) is missing"),
         ({"wallet": "0x1234"}, "not a valid evm_address"),
-        ({"wallet_type": "btc_address"}, "identifier type 'btc_address' is not one of"),
+        ({"wallet_type": "btc_address"}, "identifier type is not one of email, evm_address"),
         ({"wallet": SOL, "wallet_type": "evm_address"}, "not a valid evm_address"),
         ({"wallet": "0OIl" * 10, "wallet_type": "solana_address"}, "not a valid solana_address"),
-        ({"score": "n/a"}, "parameter score (column score): 'n/a' is not a number"),
-        ({"score": "12.5"}, "parameter score (column score): '12.5' is not an integer"),
+        ({"score": "n/a"}, "parameter score (column score): not a number (got 'n/a')"),
+        ({"score": "12.5"}, "parameter score (column score): not an integer (got '12.5')"),
         ({"game_id": None}, "parameter game (column game_id) is missing"),
         ({"occurred_at": None}, "occurred_at: timestamp is missing"),
-        ({"occurred_at": "31/12/2024"}, "occurred_at: timestamp '31/12/2024' is not ISO-8601"),
-        ({"first": "maybe"}, "parameter first_time (column first): 'maybe' is not a boolean"),
+        (
+            {"occurred_at": "31/12/2024"},
+            "occurred_at: timestamp is not ISO-8601 (got '31/12/2024')",
+        ),
+        ({"first": "maybe"}, "parameter first_time (column first): not a boolean (got 'maybe')"),
         ({"action": None, "wallet": EVM}, None),  # filtered, not rejected
     ],
 )

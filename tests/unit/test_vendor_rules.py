@@ -136,7 +136,7 @@ def airship() -> Airship:
             "properties.a.b[1] is longer than 255 characters",
         ),
         ({"name": "Level_Up"}, "has uppercase letters"),
-        ({"user_type": "email"}, "user kind 'email' is not one of"),
+        ({"user_type": "email"}, "user kind is not one of named_user_id"),
     ],
 )
 def test_airship_rules(changes, reason):

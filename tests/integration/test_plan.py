@@ -1,0 +1,52 @@
+"""`etl plan` predicts what a run then does, per vendor, and sends nothing."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from etl.cli import cli
+from etl.config import load_pipeline
+from etl.plan import plan_backfill, reason_kind
+from tests.conftest import DESTINATION
+from tests.integration.scenario import RECENT_END, run, setup, store_of
+
+
+@pytest.mark.parametrize("vendor", ["fuul", "torque", "thrivestack", "airship"])
+def test_plan_predicts_the_run(tmp_path, warehouse, sandbox, clock, vendor):
+    path = setup(tmp_path, warehouse, sandbox, rows=1500, vendor=vendor, end=RECENT_END)
+    config = load_pipeline(path)
+    [plan] = plan_backfill(config, first_day=config.start_date, last_day=RECENT_END)
+    assert sandbox.sandbox.stats == {}  # nothing sent
+    report = run(path, clock)
+    [dest] = report.destinations
+    assert plan.total("rows") == dest.total("rows_read") == 1500
+    assert plan.total("to_send") == dest.total("delivered")
+    assert plan.total("filtered") == dest.total("filtered")
+    assert sum(plan.rejected.values()) == dest.total("dead_letters") > 0
+    assert (dest.total("throttled"), dest.total("retries")) == (0, 0), dest
+    assert plan.total("requests") == dest.total("requests")  # no retries, no splits here
+    dead = [reason_kind(d["reason"]) for d in store_of(path).dead_letters(DESTINATION)]
+    assert sorted(dead) == sorted(plan.rejected.elements())
+
+
+def test_plan_counts_rows_outside_airships_window(tmp_path, warehouse, sandbox):
+    path = setup(tmp_path, warehouse, sandbox, rows=300, vendor="airship")  # 2024: too old
+    [plan] = plan_backfill(load_pipeline(path))
+    assert plan.skipped_rows == 300 and plan.total("rows") == 0
+    assert plan.rejected == {
+        "in partitions older than Airship's 90-day window (not read, not sent)": 300
+    }
+
+
+def test_plan_command(tmp_path, warehouse, sandbox):
+    path = setup(tmp_path, warehouse, sandbox, rows=600)
+    config = load_pipeline(path)
+    span = ["--from", config.start_date.isoformat(), "--to", RECENT_END.isoformat()]
+    result = CliRunner().invoke(cli, ["plan", "-c", str(path), *span, "--by-partition"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "fuul_rewards (fuul): 600 rows" in out
+    assert "parameter score (column score): not a number" in out
+    assert "estimated" in out and "at 10 requests per 60 s" in out
+    assert config.start_date.isoformat() in out  # the per-partition lines
