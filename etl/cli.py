@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,29 @@ config_option = click.option(
 )
 
 
+def range_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """-d/--destination, --from and --to, shared by the commands that work on a range."""
+    for option in reversed(
+        [
+            click.option(
+                "-d",
+                "--destination",
+                "destinations",
+                multiple=True,
+                help="Only these (repeatable).",
+            ),
+            click.option(
+                "--from", "first_day", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC)."
+            ),
+            click.option(
+                "--to", "last_day", type=click.DateTime(["%Y-%m-%d"]), help="Last day, inclusive."
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 def _load(path: Path) -> PipelineConfig:
     return load_pipeline(path)
 
@@ -73,9 +97,7 @@ def cli(verbose: bool) -> None:
 
 @cli.command()
 @config_option
-@click.option("-d", "--destination", "destinations", multiple=True, help="Only these (repeatable).")
-@click.option("--from", "first_day", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC).")
-@click.option("--to", "last_day", type=click.DateTime(["%Y-%m-%d"]), help="Last day, inclusive.")
+@range_options
 @click.option("--restart", is_flag=True, help="Send the range's partitions again from their start.")
 @click.option(
     "--dry-run",
@@ -139,9 +161,7 @@ def print_summary(report: RunReport, dry_run: Path | None = None) -> None:
 
 @cli.command()
 @config_option
-@click.option("-d", "--destination", "destinations", multiple=True, help="Only these (repeatable).")
-@click.option("--from", "first_day", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC).")
-@click.option("--to", "last_day", type=click.DateTime(["%Y-%m-%d"]), help="Last day, inclusive.")
+@range_options
 @click.option("--by-partition", is_flag=True, help="One line per partition as well.")
 def plan(
     config_path: Path,

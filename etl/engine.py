@@ -232,9 +232,8 @@ def run_partition(
     started = time.monotonic()
     store = ctx.store
     sink: BatchSink
-    if dry_run is not None:
-        checkpoint = store.load(ctx.name, partition) if store and not restart else None
-        cursor = checkpoint.cursor if checkpoint else None
+    if dry_run is not None:  # the whole day, whatever was sent: no state is read or written
+        cursor = None
         batcher = ctx.batcher(1)
         sink = DryRunSink(ctx, partition, report, dry_run)
     else:

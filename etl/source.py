@@ -7,7 +7,7 @@ after the last row of the previous one, ordered by ``(timestamp, key)``; never O
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -129,15 +129,6 @@ class Source:
         stmt = sa.select(sa.func.count()).select_from(self.relation)
         with self.engine.connect() as conn:
             return int(conn.execute(stmt.where(self.window(first_day, last_day))).scalar_one())
-
-    def days_with_rows(self, first_day: date, last_day: date) -> dict[date, int]:
-        """Row counts per UTC day, in one pass per day (uses the timestamp index)."""
-        counts = {}
-        day = first_day
-        while day <= last_day:
-            counts[day] = self.count(day, day)
-            day += timedelta(days=1)
-        return counts
 
     # -- reading -------------------------------------------------------------------------------
 

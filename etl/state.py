@@ -181,6 +181,26 @@ class StateStore:
     def _key(self, table: sa.Table, destination: str, partition: str) -> sa.ColumnElement[bool]:
         return sa.and_(table.c.destination == destination, table.c.partition == partition)
 
+    def _new_checkpoint(
+        self,
+        destination: str,
+        partition: str,
+        status: str,
+        fingerprint: str,
+        error: str | None = None,
+    ) -> sa.Insert:
+        now = _now()
+        return sa.insert(self.checkpoints).values(
+            destination=destination,
+            partition=partition,
+            status=status,
+            fingerprint=fingerprint,
+            error=error,
+            started_at=now,
+            updated_at=now,
+            **{c: 0 for c in (*COUNTERS, "requests", "retries", "throttled")},
+        )
+
     def load(self, destination: str, partition: str) -> Checkpoint | None:
         stmt = sa.select(self.checkpoints).where(
             self._key(self.checkpoints, destination, partition)
@@ -202,17 +222,7 @@ class StateStore:
                     conn.execute(sa.delete(table).where(self._key(table, destination, partition)))
                 row = None
             if row is None:
-                conn.execute(
-                    sa.insert(self.checkpoints).values(
-                        destination=destination,
-                        partition=partition,
-                        status="running",
-                        fingerprint=fingerprint,
-                        started_at=now,
-                        updated_at=now,
-                        **{c: 0 for c in (*COUNTERS, "requests", "retries", "throttled")},
-                    )
-                )
+                conn.execute(self._new_checkpoint(destination, partition, "running", fingerprint))
             else:
                 if row["fingerprint"] != fingerprint and row["rows_read"] > 0:
                     raise MappingChangedError(
@@ -238,22 +248,12 @@ class StateStore:
     def mark_skipped(self, destination: str, partition: str, fingerprint: str, reason: str) -> None:
         """Record a partition that will not be sent (e.g. older than the vendor accepts),
         unless it was already sent or started."""
-        now = _now()
         with self.engine.begin() as conn:
             key = self._key(self.checkpoints, destination, partition)
             if conn.execute(sa.select(self.checkpoints.c.status).where(key)).first() is not None:
                 return
             conn.execute(
-                sa.insert(self.checkpoints).values(
-                    destination=destination,
-                    partition=partition,
-                    status="skipped",
-                    fingerprint=fingerprint,
-                    error=reason,
-                    started_at=now,
-                    updated_at=now,
-                    **{c: 0 for c in (*COUNTERS, "requests", "retries", "throttled")},
-                )
+                self._new_checkpoint(destination, partition, "skipped", fingerprint, reason)
             )
 
     def in_doubt_ranges(self, destination: str, partition: str) -> list[tuple[Position, Position]]:
