@@ -406,12 +406,74 @@ def demo(directory: Path, rows: int, days: int, fresh: bool) -> None:
     """Generate a SQLite warehouse, start the sandbox, run the real backfill, summarize."""
     from etl.demo.run import run_demo
 
-    report = run_demo(directory, rows=rows, days=days, fresh=fresh, progress=sys.stderr.isatty())
+    report = run_demo(directory, rows=rows, days=days, fresh=fresh)
     print_summary(report)
-    click.echo(f"Try: etl status -c {directory}/pipeline.yaml ; "
-               f"etl dead-letters list -c {directory}/pipeline.yaml -d fuul_rewards")  # fmt: skip
+    click.echo(f"Next: etl ui --dir {directory}   (the Dagster UI with these runs)")
+    click.echo(
+        f"      etl status -c {directory}/pipeline.yaml ; etl plan -c {directory}/pipeline.yaml"
+    )
     if not report.ok:
         sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--dir",
+    "directory",
+    default=".etl-demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the demo keeps its pipeline file and Dagster instance (dagster_home).",
+)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Another pipeline file (default: DIR/pipeline.yaml, with the sandbox started).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3000, show_default=True)
+@click.option("--sandbox-port", default=8765, show_default=True, help="For the demo's pipeline.")
+def ui(directory: Path, config_path: Path | None, host: str, port: int, sandbox_port: int) -> None:
+    """The Dagster UI (dagster dev) on the demo's instance, with the sandbox vendors running."""
+    import importlib
+    import os
+    import subprocess
+
+    from etl.demo.run import SANDBOX_CREDENTIALS, TIME_SCALE, TORQUE_EVENTS, ensure_demo_pipeline
+    from etl.sandbox import start_sandbox
+
+    home = importlib.import_module("dagster_project.demo").prepare_home(directory / "dagster_home")
+    env = {**os.environ, "DAGSTER_HOME": str(home.resolve())}
+    server = None
+    if config_path is None:
+        config_path = ensure_demo_pipeline(directory)
+        server = start_sandbox(
+            port=sandbox_port, time_scale=TIME_SCALE, torque_events=TORQUE_EVENTS
+        )
+        env.update(SANDBOX_CREDENTIALS, ETL_SANDBOX_URL=server.url)
+        click.echo(f"Sandbox vendors on {server.url}")
+    env["ETL_PIPELINE"] = str(config_path.resolve())
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [
+        str(dagster),
+        "dev",
+        "-m",
+        "dagster_project.definitions",
+        "-h",
+        host,
+        "-p",
+        str(port),
+    ]
+    click.echo(f"Dagster UI on http://{host}:{port} (instance {home}); Ctrl-C stops.")
+    try:
+        subprocess.run(command, env=env, check=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.stop()
 
 
 @cli.command("state-ddl")

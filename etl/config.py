@@ -193,6 +193,15 @@ class StateConfig(_Model):
         return value
 
 
+class DagsterSettings(_Model):
+    """How the Dagster project runs this pipeline (read by dagster_project, not by the library)."""
+
+    partitions_per_run: int = Field(default=10, gt=0, description="BackfillPolicy.multi_run")
+    dead_letter_warn_rate: float = Field(default=0.05, ge=0, le=1)
+    schedule_hour: int = Field(default=2, ge=0, le=23, description="UTC hour of the daily run")
+    schedule_running: bool = Field(default=False, description="start the daily schedule on")
+
+
 class PipelineConfig(_Model):
     """The whole pipeline file."""
 
@@ -200,6 +209,7 @@ class PipelineConfig(_Model):
     source: SourceConfig
     state: StateConfig = Field(default_factory=StateConfig)
     destinations: dict[str, DestinationConfig]
+    dagster: DagsterSettings = Field(default_factory=DagsterSettings)
     path: Path | None = Field(default=None, exclude=True)
 
     @field_validator("destinations")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from etl.batching import Batcher
 from etl.config import DestinationConfig, SourceConfig
@@ -47,7 +47,7 @@ class PartitionReport:
     cursor: str | None = None
     total: dict[str, int] = field(default_factory=dict)
     error: str | None = None
-    samples: list[dict[str, object]] = field(default_factory=list)
+    samples: list[Any] = field(default_factory=list)  # payloads, user identifiers masked
 
     def add(self, batch: Batch, result: SendResult, in_doubt: int) -> None:
         self.rows_read += batch.rows_read
@@ -59,7 +59,21 @@ class PartitionReport:
         self.retries += result.retries
         self.throttled += result.throttled
         if len(self.samples) < 3 and batch.payloads:
-            self.samples.append(batch.payloads[0])
+            self.samples.append(mask_user(batch.payloads[0], batch.events[0].user_id))
+
+
+def mask_identifier(value: str) -> str:
+    """Enough of an identifier to recognise it, not enough to use it: 0x52…9EE7."""
+    return f"{value[:4]}…{value[-4:]}" if len(value) > 10 else "…"
+
+
+def mask_user(payload: Any, user_id: str) -> Any:
+    """A payload with every occurrence of the user's identifier masked (for samples in the UI)."""
+    if isinstance(payload, dict):
+        return {k: mask_user(v, user_id) for k, v in payload.items()}
+    if isinstance(payload, list):
+        return [mask_user(v, user_id) for v in payload]
+    return mask_identifier(payload) if payload == user_id else payload
 
 
 @dataclass

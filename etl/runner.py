@@ -95,12 +95,15 @@ def run_backfill(
     sleep: Sleep = time.sleep,
     jitter: Callable[[float], float] = full_jitter,
     log: Callable[[str], None] | None = None,
+    credentials: dict[str, dict[str, str]] | None = None,
 ) -> RunReport:
     """Send (or with ``dry_run`` write out) every partition of the range; resume where it stopped.
 
     Partitions are UTC days from ``first_day`` (default: the pipeline's start_date) to
     ``last_day`` inclusive (default: yesterday). A destination whose credential is refused or
     whose retries run out stops; the others go on. Accounting failures are reported per partition.
+    ``credentials`` (destination -> key -> secret) replaces reading them from the environment,
+    for callers that hold them already (Dagster resources).
     """
     first = first_day or config.start_date
     last = last_day or yesterday()
@@ -108,9 +111,10 @@ def run_backfill(
         raise ConfigError(f"the range is empty: {first} is after {last}")
     names = select_destinations(config, destinations)
     # Every secret is read now, before anything is sent, so a missing one stops the run at once.
-    credentials = (
-        {} if dry_run else {n: resolve_credentials(n, config.destinations[n]) for n in names}
-    )
+    if credentials is None:
+        credentials = {}
+        if not dry_run:
+            credentials = {n: resolve_credentials(n, config.destinations[n]) for n in names}
     source = Source(config)
     store: StateStore | None = None
     if dry_run is None:

@@ -142,6 +142,7 @@ class Checkpoint:
     throttled: int
     fingerprint: str
     error: str | None
+    started_at: datetime | None
     updated_at: datetime | None
 
     @property
@@ -474,6 +475,7 @@ def _checkpoint(row: Any) -> Checkpoint:
         throttled=row["throttled"],
         fingerprint=row["fingerprint"],
         error=row["error"],
+        started_at=row["started_at"],
         updated_at=row["updated_at"],
     )
 

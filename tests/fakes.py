@@ -8,6 +8,9 @@ class FakeClock:
 
     Threads sleep concurrently as in real time: a thread that read the clock at t and sleeps s
     wakes at t + s, and the clock moves to the latest wake-up, not to the sum of all sleeps.
+    One difference remains: a thread preempted between waking and acting may act after the
+    clock jumped for another thread's sleep, so tests that assert exact pacing send one request
+    at a time.
     """
 
     def __init__(self, start: float = 1000.0) -> None:

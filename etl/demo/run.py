@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import shutil
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from contextlib import closing
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from etl.config import load_pipeline
+from etl.config import PipelineConfig, load_pipeline
 from etl.demo.data import create_warehouse
-from etl.runner import RunReport, run_backfill
+from etl.engine import PartitionReport
+from etl.runner import DestinationReport, RunReport
 from etl.sandbox import airship, fuul, start_sandbox, thrivestack, torque
-from etl.source import make_engine
+from etl.source import make_engine, safe_url
+from etl.state import open_store
 
-TIME_SCALE = 300.0
+TIME_SCALE = 600.0
 SANDBOX_CREDENTIALS = {
     "FUUL_API_KEY": next(iter(fuul.KEYS)),
     "TORQUE_API_KEY": torque.KEY,
@@ -38,20 +44,33 @@ def write_pipeline(directory: Path, start_date: str, time_scale: float = TIME_SC
     return path
 
 
+def ensure_demo_pipeline(directory: Path, days: int = 150) -> Path:
+    """The demo's pipeline file, written (with its history starting ``days`` ago) if absent."""
+    path = directory / "pipeline.yaml"
+    if path.exists():
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    return write_pipeline(directory, (datetime.now(UTC).date() - timedelta(days=days)).isoformat())
+
+
 def run_demo(
     directory: Path,
     rows: int = 60_000,
     days: int = 150,
     fresh: bool = False,
-    progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> RunReport:
+    """Create the warehouse (unless it exists), start the sandbox, materialize every partition
+    of every destination through Dagster in ``directory/dagster_home``, and report this run's
+    work from the state tables."""
     directory.mkdir(parents=True, exist_ok=True)
     warehouse = directory / "warehouse.db"
     today = datetime.now(UTC).date()
     start = today - timedelta(days=days)
-    if fresh and warehouse.exists():
-        warehouse.unlink()
+    if fresh:
+        for stale in (warehouse, directory / "pipeline.yaml"):
+            stale.unlink(missing_ok=True)
+        shutil.rmtree(directory / "dagster_home", ignore_errors=True)
     if not warehouse.exists():
         say(f"Creating {warehouse}: {rows:,} actions over {days} days ...")
         create_warehouse(make_engine(f"sqlite:///{warehouse}"), rows, days, end=today)
@@ -63,15 +82,81 @@ def run_demo(
     for variable, key in SANDBOX_CREDENTIALS.items():  # the sandbox's keys, never real ones
         os.environ[variable] = key
     say(f"Sandbox vendors on {server.url} (time scale {TIME_SCALE:g}x)")
+    config = load_pipeline(pipeline_path)
+    yesterday = today - timedelta(days=1)
+    before = progress_of(config, start, yesterday)
+    started = time.monotonic()
     try:
-        config = load_pipeline(pipeline_path)
-        report = run_backfill(config, first_day=start, progress=progress, log=say)
+        # The orchestration layer is imported here only: the library never depends on Dagster.
+        demo = importlib.import_module("dagster_project.demo")
+        demo.materialize_range(pipeline_path, start, yesterday, directory / "dagster_home", say)
         stats = server.sandbox.stats
     finally:
         server.stop()
-    say(f"Pipeline file: {pipeline_path}")
+    report = run_report_since(config, before, start, yesterday, time.monotonic() - started)
+    say(f"Pipeline file: {pipeline_path}; Dagster instance: {directory / 'dagster_home'}")
     for vendor, counts in sorted(stats.items()):
         say(
             f"Sandbox {vendor}: {counts['requests']:,} requests, {counts['stored']:,} events stored"
         )
     return report
+
+
+Totals = dict[str, dict[str, int]]
+_COUNTED = (
+    "rows_read",
+    "delivered",
+    "dead_letters",
+    "filtered",
+    "in_doubt",
+    "retries",
+    "throttled",
+)
+
+
+def progress_of(config: PipelineConfig, first: date, last: date) -> Totals:
+    """Per destination, the state tables' counters summed over first..last."""
+    with closing(open_store(config)) as store:
+        totals: Totals = {}
+        for name in config.destinations:
+            cps = [
+                c
+                for c in store.checkpoints_of(name)
+                if first.isoformat() <= c.partition <= last.isoformat()
+            ]
+            totals[name] = {k: sum(getattr(c, k) for c in cps) for k in _COUNTED}
+            # time spent sending, from the checkpoints' own clocks
+            totals[name]["millis"] = sum(
+                int((c.updated_at - c.started_at).total_seconds() * 1000)
+                for c in cps
+                if c.updated_at and c.started_at
+            )
+            totals[name]["skipped"] = sum(1 for c in cps if c.status == "skipped")
+            totals[name]["failed"] = sum(1 for c in cps if c.status not in ("complete", "skipped"))
+        return totals
+
+
+def run_report_since(
+    config: PipelineConfig, before: Totals, first: date, last: date, seconds: float
+) -> RunReport:
+    """What the state tables gained since ``before``: the work of this run, per destination."""
+    after = progress_of(config, first, last)
+    reports = []
+    for name, dest in config.destinations.items():
+        gained = {k: after[name][k] - before[name][k] for k in _COUNTED}
+        partition = PartitionReport(name, f"{first}..{last}")
+        for key, value in gained.items():
+            setattr(partition, key, value)
+        spent = (after[name]["millis"] - before[name]["millis"]) / 1000
+        report = DestinationReport(name, dest.vendor, [partition], seconds=spent or seconds)
+        if after[name]["skipped"]:
+            report.skipped = (
+                f"{name}: {after[name]['skipped']} partitions older than the vendor accepts are "
+                "skipped (see etl status --all)"
+            )
+        if after[name]["failed"]:
+            partition.status = "failed"
+            partition.error = f"{after[name]['failed']} partitions failed: see etl status"
+        reports.append(report)
+    with closing(open_store(config)) as store:
+        return RunReport(reports, store.table_names(), safe_url(store.engine), first, last)

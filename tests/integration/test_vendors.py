@@ -24,7 +24,10 @@ TOO_FAST = {
 
 @pytest.mark.parametrize("vendor", VENDORS)
 def test_backfill_delivers_every_valid_row(tmp_path, warehouse, sandbox, clock, vendor):
-    path = setup(tmp_path, warehouse, sandbox, rows=1500, vendor=vendor, end=RECENT_END)
+    # one request at a time, for exact pacing on the fake clock (see tests/fakes.py)
+    path = setup(
+        tmp_path, warehouse, sandbox, rows=1500, vendor=vendor, end=RECENT_END, max_in_flight=1
+    )
     report = run(path, clock)
     assert report.ok, report
     dest = report.destinations[0]

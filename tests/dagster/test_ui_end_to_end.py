@@ -1,0 +1,161 @@
+"""The Dagster webserver and daemon on loopback: a backfill of three partitions launched through
+GraphQL as the UI does, its runs, the sandbox's record, and the asset page in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+
+from dagster_project.demo import prepare_home
+from etl.demo.run import SANDBOX_CREDENTIALS
+from etl.sandbox import SandboxServer, start_sandbox
+from tests.conftest import warehouse_of, write_pipeline
+from tests.dagster.conftest import FAST, FIRST
+from tests.integration.scenario import RECENT_END
+
+pytestmark = pytest.mark.slow
+
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+BACKFILL = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) { __typename ... on PartitionBackfill { status } }
+}"""
+RUNS = """
+query Runs($id: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
+    ... on Runs { results { status tags { key value } } }
+  }
+}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Ui:
+    def __init__(self, url: str, sandbox: SandboxServer) -> None:
+        self.url = url
+        self.sandbox = sandbox
+
+    def graphql(self, query: str, **variables: object) -> dict:
+        response = requests.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=30
+        )
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body
+        return body["data"]
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
+    tmp = tmp_path_factory.mktemp("ui")
+    sandbox = start_sandbox(time_scale=1e6)
+    with warehouse_of("sqlite", tmp) as warehouse:
+        warehouse.fill(800, days=4, end=RECENT_END)
+        pipeline = write_pipeline(
+            tmp / "pipeline.yaml", warehouse, sandbox.url, FIRST.isoformat(), FAST
+        )
+        home = prepare_home(tmp / "dagster_home")
+        port = free_port()
+        env = {
+            **os.environ,
+            **SANDBOX_CREDENTIALS,
+            "DAGSTER_HOME": str(home),
+            "ETL_PIPELINE": str(pipeline),
+        }
+        dagster = Path(sys.executable).with_name("dagster")
+        log = (tmp / "dagster-dev.log").open("w")
+        proc = subprocess.Popen(
+            [str(dagster), "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2], start_new_session=True,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if requests.get(f"{url}/server_info", timeout=2).ok:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert proc.poll() is None, (tmp / "dagster-dev.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "dagster dev did not start"
+                time.sleep(0.5)
+            yield Ui(url, sandbox)
+        finally:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+            log.close()
+            sandbox.stop()
+
+
+def test_backfill_launched_through_graphql(ui: Ui):
+    days = [(FIRST + timedelta(days=i)).isoformat() for i in range(3)]
+    params = {
+        "partitionNames": days,
+        "assetSelection": [{"path": ["fuul_rewards"]}],
+        "title": "e2e",
+    }
+    launched = ui.graphql(LAUNCH, params=params)["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill = launched["backfillId"]
+    deadline = time.monotonic() + 240
+    status = None
+    while time.monotonic() < deadline:
+        status = ui.graphql(BACKFILL, id=backfill)["partitionBackfillOrError"]["status"]
+        if status not in ("REQUESTED", "CANCELING", "FAILING"):
+            break
+        time.sleep(1)
+    assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status
+    runs = ui.graphql(RUNS, id=backfill)["runsOrError"]["results"]
+    assert runs and {r["status"] for r in runs} == {"SUCCESS"}
+    assert len(runs) == 1  # BackfillPolicy.multi_run(10): the three days in one run
+    stored = ui.sandbox.sandbox.records["fuul"]
+    assert stored and {e["dedup_id"] for e in stored} == {e["dedup_id"] for e in stored}
+    assert len({e["dedup_id"] for e in stored}) == len(stored)
+
+
+def test_asset_page_in_headless_chromium(ui: Ui, tmp_path: Path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed here (apt-get install chromium)")
+    flags = [
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
+    ]  # fmt: skip
+    page = subprocess.run(
+        [browser, *flags, f"{ui.url}/assets/fuul_rewards?view=partitions"],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert "fuul_rewards" in page
+    assert "Partitions" in page or "partitions" in page
+    catalog = subprocess.run(
+        [browser, *flags, f"{ui.url}/assets"], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert "fuul_rewards" in catalog and "user_actions" in catalog
