@@ -476,6 +476,38 @@ def ui(directory: Path, config_path: Path | None, host: str, port: int, sandbox_
             server.stop()
 
 
+@cli.command()
+@click.option(
+    "--rows", default=1_000_000, show_default=True, help="Rows in the generated warehouse."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the numbers here.",
+)
+@click.option("--port", default=0, help="For the sandbox it starts (default: a free port).")
+def bench(rows: int, json_path: Path | None, port: int) -> None:
+    """Measure throughput, memory, rate-limit efficiency and resume cost (several minutes)."""
+    from etl.bench import run_bench
+
+    results = run_bench(rows, say=lambda m: click.echo(m, err=True), port=port)
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        if key != "targets_met":
+            click.echo(
+                f"{key:<{width}}  {value:,}"
+                if isinstance(value, int | float)
+                else f"{key:<{width}}  {value}"
+            )
+    click.echo("")
+    for target, met in results["targets_met"].items():
+        click.echo(f"{'met    ' if met else 'NOT MET'}  {target}")
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2) + "\n")
+        click.echo(f"written to {json_path}")
+
+
 @cli.command("state-ddl")
 @click.option("--dialect", type=click.Choice(["postgresql", "sqlite"]), default="postgresql")
 @click.option("--prefix", default="etl_", show_default=True)

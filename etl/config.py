@@ -41,6 +41,9 @@ class RateLimit(_Model):
     per_seconds: float = Field(gt=0)
     burst: int = Field(default=1, gt=0)
     margin: float = Field(default=0.02, ge=0, lt=1)
+    shared: bool = Field(
+        default=False, description="one budget for every process sending here (state database)"
+    )
 
     @property
     def per_second(self) -> float:

@@ -104,8 +104,8 @@ class DestinationContext:
 
     @property
     def batches_in_flight(self) -> int:
-        """Batches sent at once: each array request is one; single-event waves overlap by two."""
-        return self.config.max_in_flight if self.vendor.endpoint().json_array else 2
+        """Batches sent at once: each array request is one; single-event waves overlap by three."""
+        return self.config.max_in_flight if self.vendor.endpoint().json_array else 3
 
 
 class BatchSink(Protocol):

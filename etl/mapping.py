@@ -9,11 +9,10 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
-from zoneinfo import ZoneInfo
 
 from etl.config import ArgSpec, DestinationConfig, EventNameFromColumn, SourceConfig
-from etl.events import ArgValue, Event, Filtered, Rejected, RowOutcome, event_id_for
-from etl.timestamps import TimestampError, to_utc
+from etl.events import ArgValue, Event, Filtered, Position, Rejected, RowOutcome, event_id_for
+from etl.timestamps import TimestampError, to_utc, zone
 from etl.vendors.base import Vendor
 
 _TRUE = {"true", "t", "yes", "y", "1"}
@@ -23,6 +22,8 @@ _FALSE = {"false", "f", "no", "n", "0"}
 def is_missing(value: Any) -> bool:
     if value is None:
         return True
+    if type(value) is str:
+        return not value or value.isspace()
     if isinstance(value, float) and math.isnan(value):
         return True
     return isinstance(value, str) and not value.strip()
@@ -50,6 +51,8 @@ class ArgTypeError(ValueError):
 def coerce_arg(value: Any, kind: str) -> ArgValue:
     """Convert a warehouse value to the declared parameter type, or raise ArgTypeError."""
     if kind == "string":
+        if type(value) is str:
+            return value
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, float) and value.is_integer():
@@ -110,34 +113,46 @@ class Mapper:
         self.key_column = source.key_column
         self.ts_column = source.timestamp_column
         self.ts_type = source.timestamp_type
-        self.tz = ZoneInfo(source.timezone)
+        self.tz = zone(source.timezone)
         self._filters = {
             col: {_normalize(v) for v in allowed} for col, allowed in self.mapping.filter.items()
         }
         self.columns = sorted(self.mapping.columns() | {self.key_column, self.ts_column})
+        self._args = list(self.mapping.args.items())
+        self._fields = list(self.mapping.fields.items())
 
     def map_row(self, row: dict[str, Any]) -> RowOutcome:
         position = (row[self.ts_column], row[self.key_column])
         for col, allowed in self._filters.items():
             if _normalize(row.get(col)) not in allowed:
                 return Filtered(position)
-        source_key = str(json_safe(row[self.key_column]))
+        key = row[self.key_column]
+        source_key = key if type(key) is str else str(json_safe(key))
         event_id = event_id_for(self.destination, source_key)
+        try:
+            event = self._event(row, position, source_key, event_id)
+            problem = self.vendor.validate(event)
+        except _RowProblem as exc:
+            problem = str(exc)
+        if problem is None:
+            return event
+        safe_row = {c: json_safe(row.get(c)) for c in self.columns}
+        return Rejected(position, source_key, event_id, problem, safe_row)
 
-        def reject(reason: str) -> Rejected:
-            safe_row = {c: json_safe(row.get(c)) for c in self.columns}
-            return Rejected(position, source_key, event_id, reason, safe_row)
-
+    def _event(
+        self, row: dict[str, Any], position: Position, source_key: str, event_id: str
+    ) -> Event:
+        """The row's event, or _RowProblem naming the column and what is wrong."""
         try:
             occurred_at = to_utc(row[self.ts_column], self.ts_type, self.tz)
         except TimestampError as exc:
-            return reject(f"{self.ts_column}: {exc}")
+            raise _RowProblem(f"{self.ts_column}: {exc}") from None
 
         name_spec = self.mapping.event_name
         if isinstance(name_spec, EventNameFromColumn):
             raw_name = row.get(name_spec.column)
             if is_missing(raw_name):
-                return reject(f"event name column {name_spec.column} is empty")
+                raise _RowProblem(f"event name column {name_spec.column} is empty")
             name = name_spec.rename.get(str(raw_name), str(raw_name))
             if name_spec.lowercase:
                 name = name.lower()
@@ -147,46 +162,47 @@ class Mapper:
         user = self.mapping.user
         user_value = row.get(user.column)
         if is_missing(user_value):
-            return reject(f"user identifier (column {user.column}) is missing")
+            raise _RowProblem(f"user identifier (column {user.column}) is missing")
         user_type = user.type
         if user.type_column is not None:
             raw_type = row.get(user.type_column)
             if is_missing(raw_type):
-                return reject(f"user identifier type (column {user.type_column}) is missing")
+                raise _RowProblem(f"user identifier type (column {user.type_column}) is missing")
             user_type = str(raw_type).strip()
 
-        args: dict[str, ArgValue] = {}
-        for arg_name, spec in self.mapping.args.items():
-            problem = _add_arg(args, "parameter", arg_name, spec, row.get(spec.column))
-            if problem:
-                return reject(problem)
-        fields: dict[str, ArgValue] = {}
-        for field_name, spec in self.mapping.fields.items():
-            problem = _add_arg(fields, "field", field_name, spec, row.get(spec.column))
-            if problem:
-                return reject(problem)
         properties: dict[str, Any] = {}
         if self.mapping.properties_column:
             column = self.mapping.properties_column
             try:
                 properties = parse_json_object(row.get(column))
             except ValueError as exc:
-                return reject(f"properties column {column}: {exc}")
+                raise _RowProblem(f"properties column {column}: {exc}") from None
 
-        event = Event(
+        return Event(
             event_id=event_id,
             source_key=source_key,
             position=position,
             name=name,
-            user_id=str(json_safe(user_value)).strip(),
+            user_id=(user_value if type(user_value) is str else str(json_safe(user_value))).strip(),
             user_type=user_type,
             occurred_at=occurred_at,
-            args=args,
-            fields=fields,
+            args=_typed(row, self._args, "parameter"),
+            fields=_typed(row, self._fields, "field"),
             properties=properties,
         )
-        problem = self.vendor.validate(event)
-        return reject(problem) if problem else event
+
+
+class _RowProblem(ValueError):
+    """Why a row cannot become an event (the dead letter's reason)."""
+
+
+def _typed(row: dict[str, Any], specs: list[tuple[str, ArgSpec]], what: str) -> dict[str, ArgValue]:
+    out: dict[str, ArgValue] = {}
+    for name, spec in specs:
+        problem = _add_arg(out, what, name, spec, row.get(spec.column))
+        if problem:
+            raise _RowProblem(problem)
+    return out
 
 
 def _add_arg(

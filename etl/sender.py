@@ -21,6 +21,7 @@ from etl.errors import FatalDeliveryError, RetriesExhaustedError
 from etl.events import SendResult
 from etl.ratelimit import BucketRegistry, Clock, Sleep, TokenBucket
 from etl.retry import RetryPolicy, full_jitter
+from etl.shared_budget import SharedBucket
 from etl.vendors.base import Classified, Vendor, Verdict
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Sender:
         buckets: BucketRegistry | None = None,
         rate: float | None = None,
         burst: int = 1,
+        shared: SharedBucket | None = None,
         pool_size: int = 4,
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
@@ -82,6 +84,7 @@ class Sender:
         self.bucket = (buckets or BucketRegistry()).get(
             self.url, secret, lambda: TokenBucket(per_second, burst, clock, sleep)
         )
+        self.shared = shared
         if session is None:
             session = requests.Session()
             adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2 * pool_size + 1)
@@ -105,10 +108,23 @@ class Sender:
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
         jitter: Callable[[float], float] = full_jitter,
+        state: tuple[str, str] | None = None,
     ) -> Sender:
-        """The sender of a configured destination: its limits, retries and credentials."""
+        """The sender of a configured destination: its limits, retries and credentials.
+        ``state`` (URL, table prefix) holds the budget shared across processes, if configured."""
         rate = dest.rate_limit or vendor.endpoint().rate_limit
         refs = ", ".join(dest.credentials.values())
+        shared = None
+        if rate.shared and state is not None:
+            shared = SharedBucket(
+                state[0],
+                f"{state[1]}rate_limit",
+                vendor.base_url(dest) + vendor.endpoint().path,
+                "|".join(credentials[k] for k in sorted(credentials)),
+                rate,
+                clock,
+                sleep,
+            )
         return cls(
             name,
             vendor,
@@ -121,6 +137,7 @@ class Sender:
             burst=rate.burst,
             pool_size=dest.max_in_flight,
             buckets=buckets,
+            shared=shared,
             clock=clock,
             sleep=sleep,
         )
@@ -167,6 +184,8 @@ class Sender:
         while True:
             attempt += 1
             self.bucket.acquire()
+            if self.shared is not None:
+                self.shared.acquire()
             status: int | None = None
             try:
                 resp = self.session.post(
@@ -200,6 +219,8 @@ class Sender:
             delay = self.policy.sleep_seconds(attempt, classified.retry_after)
             if status == 429:
                 self.bucket.pause(delay)  # every thread sending here waits, not just this one
+                if self.shared is not None:
+                    self.shared.pause(delay)
             result.retries += 1
             log.info(
                 "%s: attempt %d failed (%s); retrying in %.2fs",
@@ -211,6 +232,8 @@ class Sender:
             self._sleep(delay)
 
     def close(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
         if self._parallel is not None:
             self._parallel.shutdown(cancel_futures=True)
         self.session.close()

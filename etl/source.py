@@ -170,7 +170,9 @@ class Source:
                     )
                 )
             with self.engine.connect() as conn:
-                rows = [dict(r) for r in conn.execute(stmt).mappings()]
+                result = conn.execute(stmt)
+                keys = list(result.keys())
+                rows = [dict(zip(keys, r, strict=True)) for r in result.fetchall()]
             if not rows:
                 return
             yield rows

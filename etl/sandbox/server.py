@@ -112,6 +112,7 @@ class Sandbox:
         self.records: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.stats: dict[str, Counter[str]] = defaultdict(Counter)
         self.faults: dict[str, Faults] = defaultdict(Faults)
+        self.arrivals: dict[str, list[float]] = defaultdict(list)  # clock() of every request
         self.fuul_triggers = fuul_triggers
         self.torque_events = torque_events
         self.emulators = self._emulators()
@@ -144,6 +145,7 @@ class Sandbox:
         with self.lock:
             self.records.clear()
             self.stats.clear()
+            self.arrivals.clear()
             self.faults.clear()
             self.emulators = self._emulators()
 
@@ -164,6 +166,7 @@ class Sandbox:
         with self.lock:
             stats = self.stats[emulator.name]
             stats["requests"] += 1
+            self.arrivals[emulator.name].append(self.clock())
             if faults.error_rate and self.random.random() < faults.error_rate:
                 stats["errors"] += 1
                 return Reply(503, {"message": "Service unavailable (injected)"})

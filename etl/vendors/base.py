@@ -173,9 +173,12 @@ class Vendor(ABC):
         return Classified(Verdict.REJECTED, message)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_json(payload: dict[str, Any]) -> bytes:
     """Compact UTF-8 JSON, as every vendor receives it."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(payload).encode()
 
 
 _BASE58 = re.compile(r"^[1-9A-HJ-NP-Za-km-z]+$")

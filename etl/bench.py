@@ -1,0 +1,418 @@
+"""`etl bench`: throughput, memory, rate-limit efficiency and resume cost, measured.
+
+Every measurement runs the real pipeline (`etl run`) in a child process against the sandbox,
+itself in another process, so that neither competes for the pipeline's interpreter and each
+child's peak memory can be read from the kernel (``wait4``). See README, "Performance".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from etl.config import load_pipeline
+from etl.demo.data import create_warehouse
+from etl.demo.run import SANDBOX_CREDENTIALS
+from etl.engine import DestinationContext
+from etl.source import Source, make_engine
+from etl.vendors import vendor_class
+from etl.vendors.base import encode_json
+
+DAYS = 30
+TARGETS = {
+    "local_vs_floor": 0.5,
+    "limited_efficiency": 0.97,
+    "single_event_efficiency": 0.97,
+    "rss_growth": 1.25,
+    "rss_mb_max": 400.0,
+}
+
+MAPPINGS: dict[str, dict[str, Any]] = {
+    "thrivestack": {
+        "event_name": {"column": "action"},
+        "user": {"column": "user_id"},
+        "args": {
+            "game": {"column": "game_id", "required": False},
+            "amount": {"column": "amount", "type": "number", "required": False},
+        },
+        "fields": {"group_id": {"column": "account_id"}},
+    },
+    "fuul": {
+        "filter": {"action": ["game_played", "purchase"]},
+        "event_name": {"column": "action"},
+        "user": {"column": "wallet", "type_column": "wallet_type"},
+        "args": {"game": {"column": "game_id"}},
+    },
+    "torque": {
+        "filter": {"action": ["purchase"], "wallet_type": ["solana_address"]},
+        "event_name": "purchase",
+        "user": {"column": "wallet"},
+        "args": {"amount": {"column": "amount", "type": "number"}},
+    },
+}
+CREDENTIALS = {
+    "thrivestack": {"api_key": "${THRIVESTACK_API_KEY}"},
+    "fuul": {"api_key": "${FUUL_API_KEY}"},
+    "torque": {"api_key": "${TORQUE_API_KEY}"},
+}
+PATHS = {"thrivestack": "/thrivestack", "fuul": "/fuul/api/v1", "torque": "/torque"}
+
+
+@dataclass
+class Child:
+    """What one `etl run` child did: its report, wall time and peak memory."""
+
+    delivered: int
+    rows_read: int
+    throttled: int
+    seconds: float
+    peak_rss_mb: float
+
+
+class Sandbox:
+    """The sandbox vendors in their own process."""
+
+    def __init__(self, time_scale: float, port: int = 0) -> None:
+        port = port or _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "etl", "sandbox", "--port", str(port)]
+        command += ["--time-scale", str(time_scale)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(f"{self.url}/_sandbox/stats", timeout=1)
+                return
+            except requests.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("the sandbox did not start") from None
+                time.sleep(0.1)
+
+    def faults(self, vendor: str, **values: float) -> None:
+        requests.post(f"{self.url}/_sandbox/faults", json={vendor: values}, timeout=10)
+
+    def stats(self, vendor: str) -> dict[str, int]:
+        data: dict[str, dict[str, int]] = requests.get(
+            f"{self.url}/_sandbox/stats", timeout=10
+        ).json()
+        return data.get(vendor, {})
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_pipeline(
+    path: Path,
+    warehouse_url: str,
+    state_url: str,
+    start: date,
+    vendor: str,
+    sandbox_url: str,
+    **dest: Any,
+) -> Path:
+    doc = {
+        "start_date": start.isoformat(),
+        "source": {"url": warehouse_url, "table": "user_actions", "chunk_size": 10_000},
+        "state": {"url": state_url},
+        "destinations": {
+            "bench": {
+                "vendor": vendor,
+                "base_url": sandbox_url + PATHS[vendor],
+                "credentials": CREDENTIALS[vendor],
+                "mapping": MAPPINGS[vendor],
+                **dest,
+            }
+        },
+    }
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def run_child(pipeline: Path, first: date, last: date) -> Child:
+    """`etl bench-child` in a fresh process; its peak RSS from wait4."""
+    command = [
+        sys.executable,
+        "-m",
+        "etl.bench",
+        str(pipeline),
+        first.isoformat(),
+        last.isoformat(),
+    ]
+    env = {**os.environ, **SANDBOX_CREDENTIALS}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the bench run failed ({proc.returncode}): {output.decode()[-2000:]}")
+    data = json.loads(output)
+    return Child(peak_rss_mb=usage.ru_maxrss / 1024, **data)
+
+
+def child_main(pipeline: str, first: str, last: str) -> None:
+    """The child: one real run, its numbers as JSON on stdout."""
+    from etl.runner import run_backfill
+
+    started = time.monotonic()
+    report = run_backfill(
+        load_pipeline(pipeline),
+        first_day=date.fromisoformat(first),
+        last_day=date.fromisoformat(last),
+    )
+    seconds = time.monotonic() - started
+    [dest] = report.destinations
+    if dest.error or not report.ok:
+        raise SystemExit(f"run failed: {dest.error or [p.error for p in dest.failed]}")
+    print(json.dumps({
+        "delivered": dest.total("delivered"),
+        "rows_read": dest.total("rows_read"),
+        "throttled": dest.total("throttled"),
+        "seconds": seconds,
+    }))  # fmt: skip
+
+
+def floor(pipeline: Path, first: date, last: date) -> tuple[int, float]:
+    """Rows per second of reading the same rows and JSON-encoding them, nothing else."""
+    config = load_pipeline(pipeline)
+    source = Source(config)
+    dest = config.destinations["bench"]
+    vendor = vendor_class(dest.vendor).from_config(dest)
+    ctx = DestinationContext("bench", dest, vendor, source, config.source, None, None)
+    columns = sorted(dest.mapping.columns())
+    rows = 0
+    started = time.monotonic()
+    day = first
+    while day <= last:
+        for chunk in ctx.source.read(day, columns):
+            for row in chunk:
+                encode_json(
+                    {
+                        k: v if isinstance(v, str | int | float | None) else str(v)
+                        for k, v in row.items()
+                    }
+                )
+            rows += len(chunk)
+        day += timedelta(days=1)
+    seconds = time.monotonic() - started
+    source.engine.dispose()
+    return rows, rows / seconds
+
+
+def _warehouse(directory: Path, rows: int, end: date) -> str:
+    url = f"sqlite:///{directory / f'warehouse_{rows}.db'}"
+    engine = make_engine(url)
+    create_warehouse(engine, rows, DAYS, end=end)
+    engine.dispose()
+    return url
+
+
+def run_bench(
+    rows: int = 1_000_000, say: Callable[[str], None] = print, port: int = 0
+) -> dict[str, Any]:
+    """Every measurement of the README's Performance section; returns the numbers."""
+    end = datetime.now(UTC).date()
+    start, last = end - timedelta(days=DAYS), end - timedelta(days=1)
+    results: dict[str, Any] = {"rows": rows, "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
+        directory = Path(tmp)
+        say(f"Generating {rows:,} and 100,000 rows ...")
+        big = _warehouse(directory, rows, end)
+        small = _warehouse(directory, 100_000, end)
+
+        def pipeline(name: str, url: str, vendor: str, sandbox: Sandbox, **dest: Any) -> Path:
+            state = f"sqlite:///{directory / (name + '_state.db')}"
+            return write_pipeline(
+                directory / f"{name}.yaml", url, state, start, vendor, sandbox.url, **dest
+            )
+
+        unlimited = Sandbox(time_scale=1e9, port=port)
+        try:
+            say("Local throughput (ThriveStack, 1,000-event batches, no rate limit) ...")
+            fast = {"rate_limit": {"requests": 1_000_000, "per_seconds": 1}, "max_in_flight": 4}
+            local = run_child(pipeline("local", big, "thrivestack", unlimited, **fast), start, last)
+            results["local_events_per_s"] = round(local.delivered / local.seconds)
+            results["peak_rss_mb_1m"] = round(local.peak_rss_mb, 1)
+            _, floor_rate = floor(directory / "local.yaml", start, last)
+            results["floor_events_per_s"] = round(floor_rate)
+            small_run = run_child(
+                pipeline("small", small, "thrivestack", unlimited, **fast), start, last
+            )
+            results["peak_rss_mb_100k"] = round(small_run.peak_rss_mb, 1)
+        finally:
+            unlimited.stop()
+        results.update(_limited(pipeline, big, start, say, port))
+        results.update(_resume(pipeline, big, start, last, say, port, directory))
+    results["targets_met"] = targets_met(results)
+    return results
+
+
+def _limited(
+    pipeline: Any, url: str, start: date, say: Callable[[str], None], port: int
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    # Fuul-like: 10 batch requests per window of 60 s / 120 = 0.5 s, 50 ms latency, 60+ windows.
+    scaled = Sandbox(time_scale=120, port=port)
+    try:
+        scaled.faults("fuul", latency_ms=50)
+        say("Rate-limited efficiency (Fuul-like, 10 x 100 events per 0.5 s, 50 ms latency) ...")
+        limit = {"requests": 10, "per_seconds": 0.5}
+        path = pipeline("fuul", url, "fuul", scaled, rate_limit=limit, max_in_flight=4)
+        fuul = run_child(path, start, start + timedelta(days=1))
+        ceiling = 10 / 0.5 * 100
+        out["limited_efficiency"] = round(fuul.delivered / fuul.seconds / ceiling, 3)
+        out["limited_windows"] = round(fuul.seconds / 0.5)
+        out["limited_429s"] = scaled.stats("fuul").get("throttled", 0)
+    finally:
+        scaled.stop()
+    # Torque-like: one event per request, 50 requests/s, 100 ms latency, 60+ windows of 1 s.
+    real = Sandbox(time_scale=1, port=port)
+    try:
+        real.faults("torque", latency_ms=100)
+        say("Single-event efficiency (Torque-like, 50 requests/s, 100 ms latency, ~60 s) ...")
+        limit = {"requests": 50, "per_seconds": 1}
+        torque = run_child(
+            pipeline("torque", url, "torque", real, rate_limit=limit, max_in_flight=12),
+            start,
+            start + timedelta(days=5),
+        )
+        out["single_event_efficiency"] = round(torque.delivered / torque.seconds / 50, 3)
+        out["single_event_429s"] = real.stats("torque").get("throttled", 0)
+    finally:
+        real.stop()
+    return out
+
+
+def _resume(
+    pipeline: Any,
+    url: str,
+    start: date,
+    last: date,
+    say: Callable[[str], None],
+    port: int,
+    directory: Path,
+) -> dict[str, Any]:
+    """Kill a ThriveStack-like run at 50 % with SIGKILL and resume it.
+
+    ``resume_rescan_rows``: rows the resumed run reads that the killed run had already sent
+    (what it reads minus the rows nobody had sent). ``resume_in_flight_rows``: the rows of the
+    batches that were sent but not acknowledged at the kill (the ledger's ``sent`` batches).
+    """
+    sandbox = Sandbox(time_scale=1, port=port)
+    try:
+        say("Resume after SIGKILL at 50 % ...")
+        limit = {"requests": 20, "per_seconds": 1}
+        path = pipeline(
+            "resume", url, "thrivestack", sandbox, rate_limit=limit, batch_size=200, max_in_flight=4
+        )
+        first, final = start, start + timedelta(days=2)
+        config = load_pipeline(path)
+        source = Source(config)
+        total = source.count(first, final)
+        command = [
+            sys.executable,
+            "-m",
+            "etl.bench",
+            str(path),
+            first.isoformat(),
+            final.isoformat(),
+        ]
+        proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, env={**os.environ, **SANDBOX_CREDENTIALS}
+        )
+        deadline = time.monotonic() + 300
+        while sandbox.stats("thrivestack").get("stored", 0) < total // 2:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("the run ended, or made no progress, before 50 %")
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        committed, in_flight = _state_at_kill(config, source)
+        resumed = run_child(path, first, final)
+        never_sent = total - committed - in_flight
+        source.engine.dispose()
+        return {
+            "resume_rows_total": total,
+            "resume_committed_at_kill": committed,
+            "resume_rescan_rows": resumed.rows_read - never_sent,
+            "resume_in_flight_rows": in_flight,
+        }
+    finally:
+        sandbox.stop()
+
+
+def _state_at_kill(config: Any, source: Source) -> tuple[int, int]:
+    """(rows committed, rows of the batches sent but not acknowledged), from the state tables."""
+    import sqlalchemy as sa
+
+    from etl.state import StateStore, decode_position
+
+    store = StateStore(make_engine(config.state_url), config.state.table_prefix)
+    try:
+        committed = sum(cp.rows_read for cp in store.checkpoints_of("bench"))
+        b = store.batches.c
+        with store.engine.connect() as conn:
+            sent = conn.execute(
+                sa.select(b.partition, b.first_position, b.last_position).where(b.status == "sent")
+            ).all()
+        in_flight = 0
+        for partition, first_text, last_text in sent:
+            lo, hi = decode_position(first_text), decode_position(last_text)
+            assert lo is not None and hi is not None
+            ts, key = source.ts_col, source.key_col
+            within = sa.and_(
+                sa.or_(ts > lo[0], sa.and_(ts == lo[0], key >= lo[1])),
+                sa.or_(ts < hi[0], sa.and_(ts == hi[0], key <= hi[1])),
+            )
+            day = date.fromisoformat(partition)
+            stmt = (
+                sa.select(sa.func.count())
+                .select_from(source.relation)
+                .where(source.window(day, day), within)
+            )
+            with source.engine.connect() as conn:
+                in_flight += int(conn.execute(stmt).scalar_one())
+        return committed, in_flight
+    finally:
+        store.close()
+
+
+def targets_met(r: dict[str, Any]) -> dict[str, bool]:
+    return {
+        "local_events_per_s >= 50% of floor": r["local_events_per_s"]
+        >= TARGETS["local_vs_floor"] * r["floor_events_per_s"],
+        "limited_efficiency >= 0.97, no 429": r["limited_efficiency"] >= 0.97
+        and r["limited_429s"] == 0,
+        "single_event_efficiency >= 0.97": r["single_event_efficiency"] >= 0.97,
+        "peak_rss_mb_1m <= 1.25 x 100k, < 400 MB": r["peak_rss_mb_1m"]
+        <= 1.25 * r["peak_rss_mb_100k"]
+        and r["peak_rss_mb_1m"] < 400,
+        "resume_rescan_rows <= rows in flight": r["resume_rescan_rows"]
+        <= r["resume_in_flight_rows"],
+    }
+
+
+if __name__ == "__main__":
+    child_main(*sys.argv[1:4])
