@@ -279,7 +279,7 @@ def _limited(
         say("Rate-limited efficiency (Fuul-like, 10 x 100 events per 0.5 s, 50 ms latency) ...")
         limit = {"requests": 10, "per_seconds": 0.5}
         path = pipeline("fuul", url, "fuul", scaled, rate_limit=limit, max_in_flight=4)
-        fuul = run_child(path, start, start + timedelta(days=1))
+        fuul = run_child(path, start, start + timedelta(days=2))  # 60+ windows at 1,000,000 rows
         ceiling = 10 / 0.5 * 100
         out["limited_efficiency"] = round(fuul.delivered / fuul.seconds / ceiling, 3)
         out["limited_windows"] = round(fuul.seconds / 0.5)

@@ -391,19 +391,23 @@ def _parse_torque_events(specs: tuple[str, ...]) -> dict[str, dict[str, str]]:
     return events
 
 
-@cli.command()
-@click.option(
+demo_dir_option = click.option(
     "--dir",
     "directory",
     default=".etl-demo",
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
+    help="Where the demo keeps its warehouse, pipeline file and Dagster instance.",
 )
+
+
+@cli.command()
+@demo_dir_option
 @click.option("--rows", default=60_000, show_default=True)
 @click.option("--days", default=150, show_default=True)
 @click.option("--fresh", is_flag=True, help="Generate a new warehouse (and so new state).")
 def demo(directory: Path, rows: int, days: int, fresh: bool) -> None:
-    """Generate a SQLite warehouse, start the sandbox, run the real backfill, summarize."""
+    """Generate a SQLite warehouse, start the sandbox, backfill it through Dagster, summarize."""
     from etl.demo.run import run_demo
 
     report = run_demo(directory, rows=rows, days=days, fresh=fresh)
@@ -417,14 +421,7 @@ def demo(directory: Path, rows: int, days: int, fresh: bool) -> None:
 
 
 @cli.command()
-@click.option(
-    "--dir",
-    "directory",
-    default=".etl-demo",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where the demo keeps its pipeline file and Dagster instance (dagster_home).",
-)
+@demo_dir_option
 @click.option(
     "-c",
     "--config",

@@ -9,6 +9,7 @@ counters and cursor together, so that what the tables say is always what the ven
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -17,6 +18,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 from etl.config import PipelineConfig
 from etl.errors import ConfigError, MappingChangedError
@@ -165,11 +167,19 @@ class StateStore:
         self.dead = tables["dead_letters"]
 
     def ensure(self) -> None:
-        """Create the schema and the tables where they are absent."""
-        with self.engine.begin() as conn:
-            if self.schema:
-                conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
-            self.metadata.create_all(conn, checkfirst=True)
+        """Create the schema and the tables where they are absent. Several processes starting
+        at once may race (PostgreSQL's IF NOT EXISTS is not atomic): the loser tries again."""
+        for attempt in range(3):
+            try:
+                with self.engine.begin() as conn:
+                    if self.schema:
+                        conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+                    self.metadata.create_all(conn, checkfirst=True)
+                return
+            except (IntegrityError, ProgrammingError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -96,6 +96,18 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+FAST = {"rate_limit": {"requests": 1000, "per_seconds": 1}}  # a client pace that never waits
+
+
+@pytest.fixture
+def fast_sandbox() -> Iterator[SandboxServer]:
+    """The sandbox on the real clock with limits that never bind, for tests that run the
+    pipeline in other processes or through Dagster (where no fake clock reaches)."""
+    server = start_sandbox(time_scale=1e6)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def sandbox(clock: FakeClock) -> Iterator[SandboxServer]:
     """The sandbox vendors on a free loopback port, on the same fake clock as the client."""

@@ -9,19 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from etl.sandbox import SandboxServer, start_sandbox
-from tests.conftest import Warehouse, warehouse_of, write_pipeline
+from etl.sandbox import SandboxServer
+from tests.conftest import FAST, Warehouse, warehouse_of, write_pipeline
 from tests.integration.scenario import RECENT_END
 
 FIRST = RECENT_END - timedelta(days=4)
-FAST = {"rate_limit": {"requests": 1000, "per_seconds": 1}}
 
 
 @pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    server = start_sandbox(time_scale=1e6)
-    yield server
-    server.stop()
+def sandbox(fast_sandbox: SandboxServer) -> SandboxServer:
+    return fast_sandbox
 
 
 @pytest.fixture

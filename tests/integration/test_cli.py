@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from etl.cli import cli
-from etl.sandbox import SandboxServer, start_sandbox
+from etl.sandbox import SandboxServer
+from tests.conftest import FAST
 from tests.integration.scenario import FIRST, LAST
 from tests.integration.scenario import setup as setup_scenario
 
-FAST = {"rate_limit": {"requests": 1000, "per_seconds": 1}}
-
 
 @pytest.fixture
-def sandbox() -> Iterator[SandboxServer]:
-    """The CLI runs on the real clock: a sandbox whose limits never bind, so nothing waits."""
-    server = start_sandbox(time_scale=1e6)
-    yield server
-    server.stop()
+def sandbox(fast_sandbox: SandboxServer) -> SandboxServer:
+    """The CLI runs on the real clock: limits that never bind, so nothing waits."""
+    return fast_sandbox
 
 
 def setup(tmp_path, warehouse, sandbox, rows):

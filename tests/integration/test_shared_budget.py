@@ -32,7 +32,7 @@ def test_four_processes_stay_within_one_limit(tmp_path: Path, database: str):
         with warehouse_of(database, tmp_path) as warehouse:
             warehouse.fill(3200, days=4, end=RECENT_END)
             first = RECENT_END - timedelta(days=4)
-            limit = {"requests": LIMIT, "per_seconds": WINDOW, "margin": 0.015, "shared": True}
+            limit = {"requests": LIMIT, "per_seconds": WINDOW, "margin": 0.02, "shared": True}
             path = write_pipeline(
                 tmp_path / "pipeline.yaml", warehouse, server.url, first.isoformat(),
                 {"rate_limit": limit, "batch_size": 10, "max_in_flight": 4},
@@ -69,9 +69,9 @@ def test_four_processes_stay_within_one_limit(tmp_path: Path, database: str):
             for i, t in enumerate(arrivals):
                 assert sum(1 for u in arrivals[i : i + LIMIT + 1] if u < t + WINDOW) <= LIMIT
             rate = (len(arrivals) - LIMIT) / (arrivals[-1] - arrivals[0])
-            # Issue 5 asks for 98 % of the limit; pyrate-limiter's blocking waits give about 70 %
-            # here so far. This guards against a regression, not the target (see etl bench).
-            assert rate >= 0.6 * LIMIT / WINDOW, (
+            # Issue 5 asks for 98 % of the limit; with 1 s windows (jitter needs a 2 % margin) and
+            # pyrate-limiter's waits this reaches about 80 % so far. A regression guard, not the target.
+            assert rate >= 0.7 * LIMIT / WINDOW, (
                 f"{rate:.1f} requests/s for a limit of {LIMIT / WINDOW:.0f}"
             )
             assert_delivered(path, server, "fuul")
