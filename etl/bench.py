@@ -263,7 +263,7 @@ def run_bench(
         finally:
             unlimited.stop()
         results.update(_limited(pipeline, big, start, say, port))
-        results.update(_resume(pipeline, big, start, last, say, port, directory))
+        results.update(_resume(pipeline, big, start, say, port))
     results["targets_met"] = targets_met(results)
     return results
 
@@ -305,13 +305,7 @@ def _limited(
 
 
 def _resume(
-    pipeline: Any,
-    url: str,
-    start: date,
-    last: date,
-    say: Callable[[str], None],
-    port: int,
-    directory: Path,
+    pipeline: Any, url: str, start: date, say: Callable[[str], None], port: int
 ) -> dict[str, Any]:
     """Kill a ThriveStack-like run at 50 % with SIGKILL and resume it.
 

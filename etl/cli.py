@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: progress up to the last acknowledged batch is saved", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `etl plan | head`: the reader left; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except Exception as exc:
@@ -57,6 +62,13 @@ config_option = click.option(
 )
 
 
+DAY = click.DateTime(["%Y-%m-%d"])
+
+
+def _as_date(_ctx: click.Context, _param: click.Parameter, value: datetime | None) -> date | None:
+    return value.date() if value else None
+
+
 def range_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """-d/--destination, --from and --to, shared by the commands that work on a range."""
     for option in reversed(
@@ -69,10 +81,10 @@ def range_options(command: Callable[..., Any]) -> Callable[..., Any]:
                 help="Only these (repeatable).",
             ),
             click.option(
-                "--from", "first_day", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC)."
+                "--from", "first_day", type=DAY, callback=_as_date, help="First day (UTC)."
             ),
             click.option(
-                "--to", "last_day", type=click.DateTime(["%Y-%m-%d"]), help="Last day, inclusive."
+                "--to", "last_day", type=DAY, callback=_as_date, help="Last day, inclusive."
             ),
         ]
     ):
@@ -108,8 +120,8 @@ def cli(verbose: bool) -> None:
 def run(
     config_path: Path,
     destinations: tuple[str, ...],
-    first_day: Any,
-    last_day: Any,
+    first_day: date | None,
+    last_day: date | None,
     restart: bool,
     dry_run: Path | None,
     no_progress: bool,
@@ -119,8 +131,8 @@ def run(
     report = run_backfill(
         config,
         destinations=list(destinations) or None,
-        first_day=first_day.date() if first_day else None,
-        last_day=last_day.date() if last_day else None,
+        first_day=first_day,
+        last_day=last_day,
         restart=restart,
         dry_run=dry_run,
         progress=not no_progress and sys.stderr.isatty(),
@@ -166,8 +178,8 @@ def print_summary(report: RunReport, dry_run: Path | None = None) -> None:
 def plan(
     config_path: Path,
     destinations: tuple[str, ...],
-    first_day: Any,
-    last_day: Any,
+    first_day: date | None,
+    last_day: date | None,
     by_partition: bool,
 ) -> None:
     """What a run would send, filter and reject, and how long it would take. Sends nothing."""
@@ -177,8 +189,8 @@ def plan(
     plans = plan_backfill(
         config,
         list(destinations) or None,
-        first_day.date() if first_day else None,
-        last_day.date() if last_day else None,
+        first_day,
+        last_day,
     )
     for p in plans:
         rejected = p.rejected
@@ -186,7 +198,7 @@ def plan(
         click.echo(f"{p.name} ({p.vendor}): {rows:,} rows")
         click.echo(f"  to send   {p.total('to_send'):>10,}  in {p.total('requests'):,} requests")
         click.echo(f"  filtered  {p.total('filtered'):>10,}")
-        click.echo(f"  rejected  {sum(rejected.values()):>10,}")
+        click.echo(f"  not sent  {sum(rejected.values()):>10,}")
         for reason, count in rejected.most_common():
             click.echo(f"    {count:>10,}  {reason}")
         rate = f"{p.rate.requests:g} requests per {p.rate.per_seconds:g} s"

@@ -45,7 +45,6 @@ class PartitionReport:
     throttled: int = 0
     seconds: float = 0.0
     cursor: str | None = None
-    total: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     samples: list[Any] = field(default_factory=list)  # payloads, user identifiers masked
 
@@ -278,14 +277,6 @@ def _reconcile(
     cp = store.load(ctx.name, partition)
     assert cp is not None
     in_window = ctx.source.count(day, day)
-    report.total = {
-        "rows_read": cp.rows_read,
-        "delivered": cp.delivered,
-        "dead_letters": cp.dead_letters,
-        "filtered": cp.filtered,
-        "in_doubt": cp.in_doubt,
-        "rows_in_window": in_window,
-    }
     report.cursor = json.dumps(cp.cursor, default=str) if cp.cursor else None
     problems = []
     if not cp.balanced:
