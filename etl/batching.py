@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from etl.events import Batch, DeadLetter, Event, Filtered, Rejected, RowOutcome
 from etl.vendors.base import Vendor, encode_json
 
@@ -28,56 +30,78 @@ class Batcher:
         self._seq = first_seq
         self._open: Batch | None = None
 
-    def _body_size(self, batch: Batch, extra: int) -> int:
-        # "[" + items joined by "," + "]"
-        count = len(batch.encoded) + 1
-        return batch.nbytes + extra + (count - 1) + 2
-
     def add(self, outcome: RowOutcome) -> list[Batch]:
         """Add one row; return the batches this closed (usually none)."""
         closed: list[Batch] = []
-        encoded = b""
-        payload = None
         if isinstance(outcome, Event):
             payload = self.vendor.encode(outcome)
-            encoded = encode_json(payload)
-            if self.max_bytes is not None and len(encoded) + 2 > self.max_bytes:
+            self._add(outcome, payload, encode_json(payload), closed)
+        else:
+            self._add(outcome, None, b"", closed)
+        return closed
+
+    def add_chunk(self, outcomes: list[RowOutcome]) -> list[Batch]:
+        """Add a chunk's rows in order (its events encoded together); the batches closed."""
+        events = [o for o in outcomes if type(o) is Event]
+        payloads = self.vendor.encode_many(events)
+        encoded = iter(zip(payloads, [encode_json(p) for p in payloads], strict=True))
+        closed: list[Batch] = []
+        for outcome in outcomes:
+            if type(outcome) is Event:
+                self._add(outcome, *next(encoded), closed)
+            else:
+                self._add(outcome, None, b"", closed)
+        return closed
+
+    def _add(
+        self,
+        outcome: RowOutcome,
+        payload: dict[str, Any] | None,
+        encoded: bytes,
+        closed: list[Batch],
+    ) -> None:
+        batch = self._open
+        size = len(encoded)
+        if payload is not None and self.max_bytes is not None:
+            assert isinstance(outcome, Event)
+            if size + 2 > self.max_bytes:
                 outcome = Rejected(
                     outcome.position,
                     outcome.source_key,
                     outcome.event_id,
-                    f"event is {len(encoded)} bytes, over {self.vendor.name}'s request limit "
+                    f"event is {size} bytes, over {self.vendor.name}'s request limit "
                     f"of {self.max_bytes} bytes",
                     payload,
                 )
+                payload = None
+            # the body: "[" + the events joined by "," + "]"
             elif (
-                self._open is not None
-                and self._open.encoded
-                and self.max_bytes is not None
-                and self._body_size(self._open, len(encoded)) > self.max_bytes
+                batch is not None
+                and batch.encoded
+                and (batch.nbytes + size + len(batch.encoded) + 2 > self.max_bytes)
             ):
                 closed.append(self._close())
-        batch = self._open
+                batch = None
         if batch is None:
             batch = self._open = Batch(seq=self._seq, first=outcome.position, last=outcome.position)
             self._seq += 1
         batch.last = outcome.position
         batch.rows_read += 1
-        if isinstance(outcome, Filtered):
-            batch.filtered += 1
-        elif isinstance(outcome, Rejected):
-            batch.rejected.append(
-                DeadLetter(outcome.event_id, outcome.source_key, outcome.reason, outcome.row)
-            )
-        else:
-            assert payload is not None
+        if payload is not None:
+            assert isinstance(outcome, Event)
             batch.events.append(outcome)
             batch.payloads.append(payload)
             batch.encoded.append(encoded)
-            batch.nbytes += len(encoded)
+            batch.nbytes += size
+        elif isinstance(outcome, Filtered):
+            batch.filtered += 1
+        else:
+            assert isinstance(outcome, Rejected)
+            batch.rejected.append(
+                DeadLetter(outcome.event_id, outcome.source_key, outcome.reason, outcome.row)
+            )
         if len(batch.events) >= self.max_events or batch.rows_read >= self.max_rows:
             closed.append(self._close())
-        return closed
 
     def flush(self) -> Batch | None:
         """Close the open batch at the end of the partition."""

@@ -16,6 +16,7 @@ from typing import Any
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
+from etl.bench import PARTS
 from etl.config import PipelineConfig, load_pipeline
 from etl.errors import EtlError
 from etl.runner import RunReport, run_backfill, select_destinations
@@ -496,11 +497,17 @@ def ui(directory: Path, config_path: Path | None, host: str, port: int, sandbox_
     help="Write the numbers here.",
 )
 @click.option("--port", default=0, help="For the sandbox it starts (default: a free port).")
-def bench(rows: int, json_path: Path | None, port: int) -> None:
+@click.option(
+    "--only",
+    type=click.Choice(PARTS),
+    multiple=True,
+    help="Run only this measurement (repeatable; default: all).",
+)
+def bench(rows: int, json_path: Path | None, port: int, only: tuple[str, ...]) -> None:
     """Measure throughput, memory, rate-limit efficiency and resume cost (several minutes)."""
     from etl.bench import run_bench
 
-    results = run_bench(rows, say=lambda m: click.echo(m, err=True), port=port)
+    results = run_bench(rows, say=lambda m: click.echo(m, err=True), port=port, only=only or PARTS)
     width = max(len(k) for k in results)
     for key, value in results.items():
         if key != "targets_met":

@@ -19,9 +19,20 @@ def event_id_for(destination: str, source_key: Any) -> str:
     return digest[:32]
 
 
-@dataclass(frozen=True, slots=True)
+def event_ids_for(destination: str, source_keys: list[str]) -> list[str]:
+    """``event_id_for`` of many keys of one destination."""
+    prefix = f"{destination}\x1f"
+    sha256 = hashlib.sha256
+    return [sha256((prefix + key).encode()).hexdigest()[:32] for key in source_keys]
+
+
+@dataclass(slots=True)
 class Event:
-    """One source row as an event for one destination, before vendor encoding."""
+    """One source row as an event for one destination, before vendor encoding.
+
+    Not frozen: a frozen dataclass sets every field through ``object.__setattr__``, which
+    doubles the cost of creating the millions of events of a backfill. Treat it as read-only.
+    """
 
     event_id: str
     source_key: str

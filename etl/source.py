@@ -171,7 +171,7 @@ class Source:
                 )
             with self.engine.connect() as conn:
                 result = conn.execute(stmt)
-                keys = list(result.keys())
+                keys = list(map(str, result.keys()))  # plain str, not quoted_name
                 rows = [dict(zip(keys, r, strict=True)) for r in result.fetchall()]
             if not rows:
                 return

@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any, ClassVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 from etl.config import DestinationConfig, MappingConfig, RateLimit
@@ -152,6 +153,11 @@ class Vendor(ABC):
     def encode(self, event: Event) -> dict[str, Any]:
         """The exact JSON object the vendor receives for this event."""
 
+    def encode_many(self, events: list[Event]) -> list[dict[str, Any]]:
+        """``encode`` of every event of a chunk; vendors override it where a column-wise
+        encoding is faster. The result must equal ``[self.encode(e) for e in events]``."""
+        return [self.encode(e) for e in events]
+
     def body(self, encoded: list[bytes]) -> bytes:
         """The request body from the events' encoded JSON (see :func:`encode_json`)."""
         if self.endpoint().json_array:
@@ -177,8 +183,12 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def encode_json(payload: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON, as every vendor receives it."""
-    return _ENCODER.encode(payload).encode()
+    """Compact UTF-8 JSON, as every vendor receives it (orjson; the standard library for what
+    orjson refuses, such as integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        return _ENCODER.encode(payload).encode()
 
 
 _BASE58 = re.compile(r"^[1-9A-HJ-NP-Za-km-z]+$")

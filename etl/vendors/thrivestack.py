@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from etl.config import MappingConfig, RateLimit
 from etl.events import Event
-from etl.timestamps import to_iso_z
+from etl.timestamps import to_iso_z, to_iso_z_many
 from etl.vendors.base import Endpoint, Vendor, VendorOptions
 
 MAX_BYTES = 2_000_000  # "2 MB": the smaller reading, so that either reading accepts it
@@ -53,14 +53,21 @@ class ThriveStack(Vendor):
         return None
 
     def encode(self, event: Event) -> dict[str, Any]:
+        return self._payload(event, to_iso_z(event.occurred_at))
+
+    def encode_many(self, events: list[Event]) -> list[dict[str, Any]]:
+        stamps = to_iso_z_many([e.occurred_at for e in events])
+        return [self._payload(e, t) for e, t in zip(events, stamps, strict=True)]
+
+    def _payload(self, event: Event, timestamp: str) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "event_name": event.name,
             "user_id": event.user_id,
-            "timestamp": to_iso_z(event.occurred_at),
+            "timestamp": timestamp,
         }
-        properties = {**event.properties, **event.args}
+        properties = {**event.properties, **event.args} if event.properties else event.args
         if properties:
             payload["properties"] = properties
         if event.fields:
-            payload["context"] = dict(event.fields)
+            payload["context"] = event.fields
         return payload
