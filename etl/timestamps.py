@@ -29,11 +29,14 @@ def zone(name: str) -> tzinfo:
 
 
 def _localize(value: datetime, tz: tzinfo) -> datetime:
-    if value.tzinfo is None:
-        if tz is UTC:
-            return value.replace(tzinfo=UTC)
-        return value.replace(tzinfo=tz).astimezone(UTC)
-    return value.astimezone(UTC)
+    try:
+        if value.tzinfo is None:
+            if tz is UTC:
+                return value.replace(tzinfo=UTC)
+            return value.replace(tzinfo=tz).astimezone(UTC)
+        return value.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 moved across midnight by the offset
+        raise TimestampError(f"timestamp is out of range in UTC (got {value})") from None
 
 
 def _parse_text(text: str, tz: tzinfo) -> datetime:
@@ -41,9 +44,10 @@ def _parse_text(text: str, tz: tzinfo) -> datetime:
     if not stripped:
         raise TimestampError("timestamp is empty")
     try:
-        return _localize(datetime.fromisoformat(stripped), tz)
+        parsed = datetime.fromisoformat(stripped)
     except ValueError:
         raise TimestampError(f"timestamp is not ISO-8601 (got {stripped[:40]!r})") from None
+    return _localize(parsed, tz)
 
 
 def _from_epoch(number: float, per_second: int) -> datetime:

@@ -67,6 +67,13 @@ def test_unreadable_values_say_why(value, kind, message):
         to_utc(value, kind, UTC)
 
 
+def test_a_time_beyond_the_calendar_in_utc_is_a_reason_not_a_crash():
+    from zoneinfo import ZoneInfo
+
+    with pytest.raises(TimestampError, match="out of range"):
+        to_utc("0001-01-01 00:05:00", "text", ZoneInfo("Europe/Paris"))
+
+
 def test_vendor_encodings():
     assert to_epoch_ms(EXPECTED) == 1729439496514
     assert to_iso_z(EXPECTED) == "2024-10-20T15:51:36.514000Z"
