@@ -216,7 +216,7 @@ class Mapper:
                 return [
                     p.replace(tzinfo=UTC) if p.tzinfo is None else p.astimezone(UTC) for p in every
                 ]
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 pass  # some value is not: value by value
         out: list[datetime | None] = [None] * len(values)
         for i, value in enumerate(values):
@@ -233,10 +233,10 @@ class Mapper:
             except ValueError:
                 slow[i] = True
                 continue
-            if parsed.tzinfo is None:
-                out[i] = parsed.replace(tzinfo=UTC) if tz is UTC else _localize(parsed, tz)
-            else:
-                out[i] = parsed.astimezone(UTC)
+            try:
+                out[i] = _localize(parsed, tz)
+            except TimestampError:
+                slow[i] = True
         return out
 
     def _names(self, rows: list[dict[str, Any]], slow: list[bool]) -> list[str]:
