@@ -49,6 +49,12 @@ class RateLimit(_Model):
     def per_second(self) -> float:
         return self.requests / self.per_seconds * (1 - self.margin)
 
+    @property
+    def guard_window(self) -> tuple[int, float]:
+        """No more than ``requests`` leave in this many seconds, measured when they leave: the
+        vendor's window widened by the margin (see etl.ratelimit)."""
+        return self.requests, self.per_seconds * (1 + self.margin)
+
 
 class ArgSpec(_Model):
     """One typed event parameter taken from a column."""

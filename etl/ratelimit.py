@@ -4,6 +4,12 @@ One :class:`TokenBucket` per endpoint and credential (see :class:`BucketRegistry
 every thread and destination of a run that sends there. It is a GCRA-style bucket: each caller
 reserves the next free slot under a lock and then sleeps outside it, so requests in flight are
 spaced evenly at the limit.
+
+Given the vendor's window as well (``requests`` per ``seconds``), the bucket also keeps the
+times at which the last ``requests`` requests really left, and holds a request back until the
+oldest of them is a window old: a request that left late (a thread woken late, a busy
+interpreter) can then never pack one request too many into the vendor's window, whatever the
+margin.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 Clock = Callable[[], float]
@@ -26,9 +33,13 @@ class TokenBucket:
         burst: int = 1,
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
+        window: tuple[int, float] | None = None,
     ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
+        self._window = window[1] if window else 0.0
+        self._sent: deque[float] = deque(maxlen=window[0] if window else 1)
+        self._sent_lock = threading.Lock()
         self.interval = 1.0 / rate
         self.tolerance = (burst - 1) * self.interval
         self._clock = clock
@@ -52,6 +63,15 @@ class TokenBucket:
         while (remaining := slot - self._clock()) > 0:
             self._sleep(remaining)
             waited += remaining
+        if self._window:
+            with self._sent_lock:
+                sent = self._sent
+                while len(sent) == sent.maxlen and (
+                    remaining := sent[0] + self._window - self._clock()
+                ) > 0:
+                    self._sleep(remaining)
+                    waited += remaining
+                sent.append(self._clock())
         return waited
 
     def pause(self, seconds: float) -> None:

@@ -60,6 +60,7 @@ class Sender:
         buckets: BucketRegistry | None = None,
         rate: float | None = None,
         burst: int = 1,
+        window: tuple[int, float] | None = None,
         shared: SharedBucket | None = None,
         pool_size: int = 4,
         clock: Clock = time.monotonic,
@@ -82,7 +83,7 @@ class Sender:
         secret = "|".join(credentials[k] for k in sorted(credentials))
         per_second = rate if rate is not None else endpoint.rate_limit.per_second
         self.bucket = (buckets or BucketRegistry()).get(
-            self.url, secret, lambda: TokenBucket(per_second, burst, clock, sleep)
+            self.url, secret, lambda: TokenBucket(per_second, burst, clock, sleep, window)
         )
         self.shared = shared
         if session is None:
@@ -135,6 +136,7 @@ class Sender:
             policy=RetryPolicy(max_attempts=dest.max_attempts, jitter=jitter),
             rate=rate.per_second,
             burst=rate.burst,
+            window=rate.guard_window,
             pool_size=dest.max_in_flight,
             buckets=buckets,
             shared=shared,

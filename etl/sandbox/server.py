@@ -161,8 +161,20 @@ class Sandbox:
         if emulator is None:
             return Reply(404, {"message": f"no vendor at /{parts[0]}"})
         faults = self.faults[emulator.name]
-        if faults.latency_ms:
+        reply = self._answer(emulator, faults, method, parts, headers, body)
+        if faults.latency_ms:  # the vendor counts a request when it arrives, answers later
             time.sleep(faults.latency_ms / 1000)
+        return reply
+
+    def _answer(
+        self,
+        emulator: VendorEmulator,
+        faults: Faults,
+        method: str,
+        parts: list[str],
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Reply | None:
         with self.lock:
             stats = self.stats[emulator.name]
             stats["requests"] += 1

@@ -67,6 +67,39 @@ def test_bucket_never_exceeds_the_rate_in_any_window():
         assert len(in_window) <= 5
 
 
+def _left_times(window: tuple[int, float] | None) -> list[float]:
+    """When 40 requests leave, paced at 98 % of 10 per second with a burst of 3, one sleep in
+    five oversleeping by 80 ms (a thread woken late), which the burst then makes up for."""
+    clock = FakeClock()
+    calls = itertools.count()
+
+    def late_sleep(seconds: float) -> None:
+        clock.sleep(seconds + (0.08 if next(calls) % 5 == 2 else 0.0))
+
+    bucket = TokenBucket(rate=9.8, burst=3, clock=clock, sleep=late_sleep, window=window)
+    left = []
+    for _ in range(40):
+        bucket.acquire()
+        left.append(clock())
+    return left
+
+
+def test_a_late_request_holds_back_the_one_a_window_later():
+    unguarded = _left_times(None)
+    assert min(b - a for a, b in zip(unguarded, unguarded[10:], strict=False)) < 1.0  # too many
+    left = _left_times((10, 1.02))
+    assert min(b - a for a, b in zip(left, left[10:], strict=False)) >= 1.02 - 1e-9
+    assert left[-1] - left[0] < unguarded[-1] - unguarded[0] + 0.2  # and hardly slower
+
+
+def test_without_a_window_only_the_slots_pace():
+    clock = FakeClock()
+    bucket = TokenBucket(rate=10, burst=1, clock=clock, sleep=clock.sleep)
+    bucket.acquire()
+    clock.sleep(0.5)  # late
+    assert bucket.acquire() == 0
+
+
 def test_idle_time_does_not_build_a_burst():
     clock = FakeClock()
     bucket = TokenBucket(rate=1, burst=1, clock=clock, sleep=clock.sleep)
