@@ -18,7 +18,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from etl.config import PipelineConfig
 from etl.errors import ConfigError, MappingChangedError
@@ -168,7 +168,7 @@ class StateStore:
 
     def ensure(self) -> None:
         """Create the schema and the tables where they are absent. Several processes starting
-        at once may race (PostgreSQL's IF NOT EXISTS is not atomic): the loser tries again."""
+        at once may race (IF NOT EXISTS is checked, then created): the loser tries again."""
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
@@ -176,7 +176,7 @@ class StateStore:
                         conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
                     self.metadata.create_all(conn, checkfirst=True)
                 return
-            except (IntegrityError, ProgrammingError):
+            except (IntegrityError, OperationalError, ProgrammingError):  # lost a race
                 if attempt == 2:
                     raise
                 time.sleep(0.2 * (attempt + 1))
