@@ -218,7 +218,20 @@ def stream_partition(
     sink: BatchSink,
     on_rows: RowsCallback | None = None,
 ) -> None:
-    """Read the day after ``cursor``, map every row, cut batches, hand them to the sink."""
+    """Read the day after ``cursor``, map every row, cut batches, hand them to the sink, drain."""
+    submit_partition(ctx, day, cursor, batcher, sink, on_rows)
+    sink.drain()
+
+
+def submit_partition(
+    ctx: DestinationContext,
+    day: date,
+    cursor: Position | None,
+    batcher: Batcher,
+    sink: BatchSink,
+    on_rows: RowsCallback | None = None,
+) -> None:
+    """Read the day after ``cursor``, map every row, cut batches, hand them all to the sink."""
     mapper = Mapper(ctx.name, ctx.config, ctx.source_config, ctx.vendor)
     for chunk in ctx.source.read(day, mapper.columns, after=cursor):
         # mapped and encoded a slice at a time: as fast, and far less memory than a whole chunk
@@ -230,45 +243,68 @@ def stream_partition(
     last = batcher.flush()
     if last is not None:
         sink.submit(last)
-    sink.drain()
 
 
-def run_partition(
-    ctx: DestinationContext,
-    day: date,
-    *,
-    restart: bool = False,
-    dry_run: IO[str] | None = None,
-    on_rows: RowsCallback | None = None,
-) -> PartitionReport:
-    """Send one day of one destination, resuming after its checkpoint; check the accounting."""
-    partition = day.isoformat()
-    report = PartitionReport(ctx.name, partition)
-    started = time.monotonic()
-    store = ctx.store
-    sink: BatchSink
-    if dry_run is not None:  # the whole day, whatever was sent: no state is read or written
-        cursor = None
-        batcher = ctx.batcher(1)
-        sink = DryRunSink(ctx, partition, report, dry_run)
-    else:
-        assert store is not None
-        checkpoint = store.start(ctx.name, partition, ctx.fingerprint, restart)
-        cursor = checkpoint.cursor
-        batcher = ctx.batcher(store.next_seq(ctx.name, partition))
-        sink = DeliverySink(ctx, partition, report, store.in_doubt_ranges(ctx.name, partition))
-    try:
-        stream_partition(ctx, day, cursor, batcher, sink, on_rows)
-    except BaseException as exc:
-        sink.abort()
-        if dry_run is None and store is not None:
+class PartitionRun:
+    """One partition being sent, in two steps: ``submit`` reads and hands every batch to the
+    sink; ``finish`` waits for the last answers, commits them and checks the accounting.
+
+    The runner finishes a partition on another thread while it submits the next one, so that
+    the vendor's answers to a partition's last requests (its latency) cost no rate-limit slots.
+    """
+
+    def __init__(
+        self,
+        ctx: DestinationContext,
+        day: date,
+        *,
+        restart: bool = False,
+        dry_run: IO[str] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.day = day
+        self.partition = day.isoformat()
+        self.report = PartitionReport(ctx.name, self.partition)
+        self.dry_run = dry_run
+        self.started = time.monotonic()
+        self.sink: BatchSink
+        store = ctx.store
+        if dry_run is not None:  # the whole day, whatever was sent: no state read or written
+            self.cursor = None
+            self.batcher = ctx.batcher(1)
+            self.sink = DryRunSink(ctx, self.partition, self.report, dry_run)
+        else:
+            assert store is not None
+            checkpoint = store.start(ctx.name, self.partition, ctx.fingerprint, restart)
+            self.cursor = checkpoint.cursor
+            self.batcher = ctx.batcher(store.next_seq(ctx.name, self.partition))
+            ranges = store.in_doubt_ranges(ctx.name, self.partition)
+            self.sink = DeliverySink(ctx, self.partition, self.report, ranges)
+
+    def submit(self, on_rows: RowsCallback | None = None) -> None:
+        try:
+            submit_partition(self.ctx, self.day, self.cursor, self.batcher, self.sink, on_rows)
+        except BaseException as exc:
+            self.abort(exc)
+            raise
+
+    def finish(self) -> PartitionReport:
+        try:
+            self.sink.drain()
+        except BaseException as exc:
+            self.abort(exc)
+            raise
+        self.report.seconds = time.monotonic() - self.started
+        if self.dry_run is None and self.ctx.store is not None:
+            _reconcile(self.ctx, self.ctx.store, self.day, self.report)
+        return self.report
+
+    def abort(self, exc: BaseException) -> None:
+        """Stop sending; what was sent and not acknowledged stays in doubt."""
+        self.sink.abort()
+        if self.dry_run is None and self.ctx.store is not None:
             status = "failed" if isinstance(exc, Exception) else "interrupted"
-            store.finish(ctx.name, partition, status, str(exc)[:2000])
-        raise
-    report.seconds = time.monotonic() - started
-    if dry_run is None and store is not None:
-        _reconcile(ctx, store, day, report)
-    return report
+            self.ctx.store.finish(self.ctx.name, self.partition, status, str(exc)[:2000])
 
 
 def _reconcile(

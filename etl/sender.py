@@ -86,6 +86,7 @@ class Sender:
             self.url, secret, lambda: TokenBucket(per_second, burst, clock, sleep, window)
         )
         self.shared = shared
+        self._fatal: FatalDeliveryError | None = None
         if session is None:
             session = requests.Session()
             adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2 * pool_size + 1)
@@ -148,8 +149,11 @@ class Sender:
         """Deliver what can be delivered; every payload ends up in ``delivered`` or ``dead``.
 
         Raises FatalDeliveryError (credential refused) or RetriesExhaustedError; then nothing of
-        this batch is known to be delivered.
+        this batch is known to be delivered. After a FatalDeliveryError every later call raises
+        it again without a request: the credential is not tried again.
         """
+        if self._fatal is not None:
+            raise self._fatal
         if self._parallel is None or len(payloads) == 1:
             result = SendResult()
             self._send_part(payloads, list(range(len(payloads))), result)
@@ -204,10 +208,11 @@ class Sender:
             result.requests += 1
             result.last_status = status
             if classified.verdict is Verdict.FATAL:
-                raise FatalDeliveryError(
+                self._fatal = FatalDeliveryError(
                     f"destination {self.destination!r}: {self.vendor.name} refused the credential "
                     f"({classified.message}); check {self.credential_hint}"
                 )
+                raise self._fatal
             if classified.verdict is not Verdict.RETRY:
                 return _Response(classified, status, ambiguous)
             ambiguous = ambiguous or maybe_stored

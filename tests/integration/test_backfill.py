@@ -7,6 +7,7 @@ logical time, so no test waits for real time.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -14,10 +15,12 @@ import sqlalchemy as sa
 from etl.config import load_pipeline
 from etl.errors import ConfigError, MappingChangedError
 from etl.replay import replay_dead_letters
-from tests.conftest import FUUL_MAPPING, write_pipeline
+from etl.runner import run_backfill
+from tests.conftest import DESTINATION, FAST, FUUL_MAPPING, write_pipeline
 from tests.integration.scenario import (
     END,
     FIRST,
+    assert_delivered,
     assert_exactly_once,
     run,
     setup,
@@ -97,13 +100,48 @@ def test_refused_key_stops_with_a_clear_message(
     error = report.destinations[0].error
     assert error and expected in error and "${FUUL_API_KEY}" in error
     assert key not in error
-    assert sandbox.sandbox.stats["fuul"]["requests"] == 1  # stopped at once
+    # Stopped at once: the next day may have been sending before the refusal came back (days
+    # overlap), but no request follows the refusal.
+    assert (
+        sandbox.sandbox.stats["fuul"]["requests"]
+        <= 1 + load_pipeline(path).destinations[DESTINATION].max_in_flight
+    )
     # The key is in no state table.
     engine = state_engine(path)
     with engine.connect() as conn:
         for table in store_of(path).table_names():
             for row in conn.execute(sa.text(f"SELECT * FROM {table}")):  # noqa: S608
                 assert key not in json.dumps([str(v) for v in row])
+
+
+def test_a_day_is_finished_while_the_next_is_sent(tmp_path, warehouse, fast_sandbox):
+    """The answers to a partition's last requests are awaited while the next partition is
+    read and sent: with two requests at most in flight per partition and one request a day,
+    the vendor sees two at once only if partitions overlap."""
+    path = setup(tmp_path, warehouse, fast_sandbox, rows=200, vendor="thrivestack",
+                 max_in_flight=2, **FAST)  # fmt: skip
+    fast_sandbox.sandbox.set_faults("thrivestack", latency_ms=200)
+    first = load_pipeline(path).start_date
+    report = run_backfill(load_pipeline(path), first_day=first, last_day=first + timedelta(days=3))
+    assert report.ok
+    stats = fast_sandbox.sandbox.stats["thrivestack"]
+    assert stats["requests"] == 4
+    assert stats["max_concurrent"] == 2
+    assert_delivered(path, fast_sandbox, "thrivestack")
+
+
+def test_a_failure_to_finish_a_day_stops_the_next(tmp_path, warehouse, fast_sandbox, monkeypatch):
+    path = setup(tmp_path, warehouse, fast_sandbox, rows=200, max_in_flight=2, **FAST)
+    fast_sandbox.sandbox.set_faults("fuul", latency_ms=100)
+    monkeypatch.setenv("FUUL_API_KEY", "wrong-key")
+    first = load_pipeline(path).start_date
+    report = run_backfill(load_pipeline(path), first_day=first, last_day=first + timedelta(days=3))
+    dest = report.destinations[0]
+    assert dest.error and "HTTP 401" in dest.error
+    assert [p.status for p in dest.partitions] == ["failed", "failed"]  # the second one stopped
+    assert fast_sandbox.sandbox.stats["fuul"]["requests"] <= 2
+    statuses = {cp.partition: cp.status for cp in store_of(path).checkpoints_of(DESTINATION)}
+    assert sorted(statuses.values()) == ["failed", "failed"]
 
 
 def test_missing_key_stops_before_anything_is_sent(
