@@ -6,6 +6,7 @@ Retry-After. Faults are injected on request (5xx, responses lost after storing, 
 everything accepted is recorded so that a test can check what a vendor really received.
 
 Control endpoints (no auth): ``GET /_sandbox/records?vendor=fuul``, ``GET /_sandbox/stats``,
+``GET /_sandbox/arrivals?vendor=fuul`` (the sandbox clock at every request),
 ``POST /_sandbox/faults`` with ``{"fuul": {"error_rate": 0.1, ...}}``, ``POST /_sandbox/reset``.
 """
 
@@ -113,6 +114,7 @@ class Sandbox:
         self.stats: dict[str, Counter[str]] = defaultdict(Counter)
         self.faults: dict[str, Faults] = defaultdict(Faults)
         self.arrivals: dict[str, list[float]] = defaultdict(list)  # clock() of every request
+        self.open: Counter[str] = Counter()  # requests being answered, per vendor
         self.fuul_triggers = fuul_triggers
         self.torque_events = torque_events
         self.emulators = self._emulators()
@@ -160,11 +162,20 @@ class Sandbox:
         emulator = self.emulators.get(parts[0])
         if emulator is None:
             return Reply(404, {"message": f"no vendor at /{parts[0]}"})
-        faults = self.faults[emulator.name]
-        reply = self._answer(emulator, faults, method, parts, headers, body)
-        if faults.latency_ms:  # the vendor counts a request when it arrives, answers later
-            time.sleep(faults.latency_ms / 1000)
-        return reply
+        name = emulator.name
+        with self.lock:
+            self.open[name] += 1
+            stats = self.stats[name]
+            stats["max_concurrent"] = max(stats["max_concurrent"], self.open[name])
+        try:
+            faults = self.faults[name]
+            reply = self._answer(emulator, faults, method, parts, headers, body)
+            if faults.latency_ms:  # the vendor counts a request when it arrives, answers later
+                time.sleep(faults.latency_ms / 1000)
+            return reply
+        finally:
+            with self.lock:
+                self.open[name] -= 1
 
     def _answer(
         self,
@@ -197,6 +208,10 @@ class Sandbox:
             vendor = parse_qs(query).get("vendor", [""])[0]
             with self.lock:
                 return Reply(200, list(self.records.get(vendor, [])))
+        if method == "GET" and path == "arrivals":
+            vendor = parse_qs(query).get("vendor", [""])[0]
+            with self.lock:
+                return Reply(200, list(self.arrivals.get(vendor, [])))
         if method == "GET" and path == "stats":
             with self.lock:
                 return Reply(200, {k: dict(v) for k, v in self.stats.items()})
