@@ -66,9 +66,10 @@ class TokenBucket:
         if self._window:
             with self._sent_lock:
                 sent = self._sent
-                while len(sent) == sent.maxlen and (
-                    remaining := sent[0] + self._window - self._clock()
-                ) > 0:
+                while (
+                    len(sent) == sent.maxlen
+                    and (remaining := sent[0] + self._window - self._clock()) > 0
+                ):
                     self._sleep(remaining)
                     waited += remaining
                 sent.append(self._clock())
