@@ -61,7 +61,8 @@ class SharedBucket:
             bucket = SQLiteBucket.init_from_file(
                 rates, table=table, db_path=url.database + ".ratelimit", use_file_lock=True
             )
-            self._exclusive = lambda: bucket.lock  # the file lock put() takes (re-entrant)
+            # The file lock put() takes (re-entrant), polled every millisecond, not every 50.
+            self._exclusive = lambda: bucket.lock.acquire(poll_interval=0.001)
         elif url.get_backend_name() == "postgresql":
             from psycopg_pool import ConnectionPool
             from pyrate_limiter import PostgresBucket
