@@ -210,19 +210,6 @@ class DryRunSink:
         self.out.flush()
 
 
-def stream_partition(
-    ctx: DestinationContext,
-    day: date,
-    cursor: Position | None,
-    batcher: Batcher,
-    sink: BatchSink,
-    on_rows: RowsCallback | None = None,
-) -> None:
-    """Read the day after ``cursor``, map every row, cut batches, hand them to the sink, drain."""
-    submit_partition(ctx, day, cursor, batcher, sink, on_rows)
-    sink.drain()
-
-
 def submit_partition(
     ctx: DestinationContext,
     day: date,

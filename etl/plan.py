@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from etl.config import PipelineConfig, RateLimit
-from etl.engine import DestinationContext, stream_partition
+from etl.engine import DestinationContext, submit_partition
 from etl.errors import ConfigError
 from etl.events import Batch
 from etl.runner import days_between, select_destinations, skip_too_old, yesterday
@@ -118,7 +118,8 @@ def plan_backfill(
             json_array = vendor.endpoint().json_array
             for day in kept:
                 partition = PartitionPlan(day.isoformat())
-                stream_partition(ctx, day, None, ctx.batcher(1), _PlanSink(partition, json_array))
+                sink = _PlanSink(partition, json_array)
+                submit_partition(ctx, day, None, ctx.batcher(1), sink)
                 plan.partitions.append(partition)
             plans.append(plan)
     finally:
