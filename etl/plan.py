@@ -103,9 +103,7 @@ def plan_backfill(
             dest = config.destinations[name]
             vendor = vendor_class(dest.vendor).from_config(dest)
             ctx = DestinationContext(name, dest, vendor, source, config.source, None, None)
-            plan = DestinationPlan(
-                name, dest.vendor, dest.rate_limit or vendor.endpoint().rate_limit
-            )
+            plan = DestinationPlan(name, dest.vendor, vendor.rate_limit(dest))
             days = days_between(first, last)
             if not days:
                 raise ConfigError(f"the range is empty: {first} is after {last}")

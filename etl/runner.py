@@ -153,8 +153,7 @@ def run_backfill(
 def _pace_of(config: PipelineConfig, name: str) -> float:
     """Requests per second a destination is paced at."""
     dest = config.destinations[name]
-    rate = dest.rate_limit or vendor_class(dest.vendor).from_config(dest).endpoint().rate_limit
-    return rate.per_second
+    return vendor_class(dest.vendor).from_config(dest).rate_limit(dest).per_second
 
 
 def skip_too_old(

@@ -114,7 +114,7 @@ class Sender:
     ) -> Sender:
         """The sender of a configured destination: its limits, retries and credentials.
         ``state`` (URL, table prefix) holds the budget shared across processes, if configured."""
-        rate = dest.rate_limit or vendor.endpoint().rate_limit
+        rate = vendor.rate_limit(dest)
         refs = ", ".join(dest.credentials.values())
         shared = None
         if rate.shared and state is not None:

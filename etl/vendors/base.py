@@ -142,6 +142,10 @@ class Vendor(ABC):
     @abstractmethod
     def endpoint(self) -> Endpoint: ...
 
+    def rate_limit(self, dest: DestinationConfig) -> RateLimit:
+        """The destination's ``rate_limit``, else the vendor's published (or default) one."""
+        return dest.rate_limit or self.endpoint().rate_limit
+
     @abstractmethod
     def headers(self, credentials: dict[str, str]) -> dict[str, str]: ...
 
