@@ -140,25 +140,36 @@ class DeliverySink:
         self.pending: deque[tuple[Batch, Future[SendResult]]] = deque()
 
     def submit(self, batch: Batch) -> None:
-        future: Future[SendResult]
-        if batch.events:
-            self.store.mark_sent(self.ctx.name, self.partition, batch)
-            future = self.pool.submit(self.sender.send, batch.encoded)
-        else:
-            future = Future()
-            future.set_result(SendResult())
-        self.pending.append((batch, future))
-        self._commit(until=self.max_in_flight - 1)
+        self._commit(until=self.max_in_flight - 1, sending=batch)
 
-    def _commit(self, until: int) -> None:
+    def _commit(self, until: int, sending: Batch | None = None) -> None:
         """Commit finished batches in order, waiting for the oldest while more than ``until``
-        are pending."""
-        while self.pending and (len(self.pending) > until or self.pending[0][1].done()):
-            batch, future = self.pending.popleft()
-            result = future.result()  # raises DeliveryError: the caller aborts
-            in_doubt = self._in_doubt(batch, result)
-            self.store.commit(self.ctx.name, self.partition, batch, result, in_doubt)
+        are pending; mark ``sending`` as sent in the same transaction, then send it."""
+        acknowledged: list[tuple[Batch, SendResult, int]] = []
+        failure: BaseException | None = None
+        try:
+            while self.pending and (len(self.pending) > until or self.pending[0][1].done()):
+                batch, finished = self.pending[0]
+                result = finished.result()  # DeliveryError: the batches before it are kept
+                self.pending.popleft()
+                acknowledged.append((batch, result, self._in_doubt(batch, result)))
+        except BaseException as exc:
+            failure, sending = exc, None
+        marked = sending if sending is not None and sending.events else None
+        if acknowledged or marked:
+            self.store.record(self.ctx.name, self.partition, acknowledged, marked)
+        for batch, result, in_doubt in acknowledged:
             self.report.add(batch, result, in_doubt)
+        if failure is not None:
+            raise failure  # the caller aborts
+        if sending is not None:
+            future: Future[SendResult]
+            if marked is not None:
+                future = self.pool.submit(self.sender.send, sending.encoded)
+            else:
+                future = Future()
+                future.set_result(SendResult())
+            self.pending.append((sending, future))
 
     def _in_doubt(self, batch: Batch, result: SendResult) -> int:
         """Events delivered now that an earlier attempt may have delivered too (no vendor dedup)."""

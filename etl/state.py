@@ -289,14 +289,25 @@ class StateStore:
             last = conn.execute(stmt).scalar()
         return int(last or 0) + 1
 
-    def mark_sent(self, destination: str, partition: str, batch: Batch) -> None:
-        """Record that a batch is about to be sent, so that a crash leaves it in doubt."""
+    def record(
+        self,
+        destination: str,
+        partition: str,
+        acknowledged: list[tuple[Batch, SendResult, int]],
+        sending: Batch | None = None,
+    ) -> None:
+        """One transaction: each acknowledged batch (with its result and in-doubt count)
+        committed in order, and ``sending`` marked as sent before its request leaves, so that a
+        crash leaves it in doubt."""
         with self.engine.begin() as conn:
-            conn.execute(
-                sa.insert(self.batches).values(
-                    self._ledger_row(destination, partition, batch, "sent")
+            for batch, result, in_doubt in acknowledged:
+                self._commit(conn, destination, partition, batch, result, in_doubt)
+            if sending is not None:
+                conn.execute(
+                    sa.insert(self.batches).values(
+                        self._ledger_row(destination, partition, sending, "sent")
+                    )
                 )
-            )
 
     def _ledger_row(
         self, destination: str, partition: str, batch: Batch, status: str
@@ -314,15 +325,16 @@ class StateStore:
             "sent_at": _now() if batch.events else None,
         }
 
-    def commit(
+    def _commit(
         self,
+        conn: sa.Connection,
         destination: str,
         partition: str,
         batch: Batch,
         result: SendResult,
         in_doubt: int,
     ) -> None:
-        """One transaction: the batch is acknowledged, its dead letters stored, the cursor moved."""
+        """The batch acknowledged, its dead letters stored, the cursor moved."""
         now = _now()
         dead = list(batch.rejected)
         for index, status, message in result.dead:
@@ -337,41 +349,40 @@ class StateStore:
                     message,
                 )
             )
-        with self.engine.begin() as conn:
-            if batch.events:
-                conn.execute(
-                    sa.update(self.batches)
-                    .where(self._key(self.batches, destination, partition))
-                    .where(self.batches.c.seq == batch.seq)
-                    .values(
-                        status="acked",
-                        attempts=result.requests,
-                        last_http_status=result.last_status,
-                        acked_at=now,
-                    )
-                )
-            if dead:
-                conn.execute(
-                    sa.insert(self.dead),
-                    [self._dead_row(destination, partition, d, now) for d in dead],
-                )
-            cp = self.checkpoints.c
+        if batch.events:
             conn.execute(
-                sa.update(self.checkpoints)
-                .where(self._key(self.checkpoints, destination, partition))
+                sa.update(self.batches)
+                .where(self._key(self.batches, destination, partition))
+                .where(self.batches.c.seq == batch.seq)
                 .values(
-                    cursor=encode_position(batch.last),
-                    rows_read=cp.rows_read + batch.rows_read,
-                    delivered=cp.delivered + len(result.delivered),
-                    dead_letters=cp.dead_letters + len(dead),
-                    filtered=cp.filtered + batch.filtered,
-                    in_doubt=cp.in_doubt + in_doubt,
-                    requests=cp.requests + result.requests,
-                    retries=cp.retries + result.retries,
-                    throttled=cp.throttled + result.throttled,
-                    updated_at=now,
+                    status="acked",
+                    attempts=result.requests,
+                    last_http_status=result.last_status,
+                    acked_at=now,
                 )
             )
+        if dead:
+            conn.execute(
+                sa.insert(self.dead),
+                [self._dead_row(destination, partition, d, now) for d in dead],
+            )
+        cp = self.checkpoints.c
+        conn.execute(
+            sa.update(self.checkpoints)
+            .where(self._key(self.checkpoints, destination, partition))
+            .values(
+                cursor=encode_position(batch.last),
+                rows_read=cp.rows_read + batch.rows_read,
+                delivered=cp.delivered + len(result.delivered),
+                dead_letters=cp.dead_letters + len(dead),
+                filtered=cp.filtered + batch.filtered,
+                in_doubt=cp.in_doubt + in_doubt,
+                requests=cp.requests + result.requests,
+                retries=cp.retries + result.retries,
+                throttled=cp.throttled + result.throttled,
+                updated_at=now,
+            )
+        )
 
     @staticmethod
     def _dead_row(destination: str, partition: str, d: DeadLetter, now: datetime) -> dict[str, Any]:
