@@ -25,6 +25,7 @@ from etl.errors import ConfigError, MappingChangedError
 from etl.events import Batch, DeadLetter, Position, SendResult
 
 COUNTERS = ("rows_read", "delivered", "dead_letters", "filtered", "in_doubt")
+ADVANCED = (*COUNTERS, "requests", "retries", "throttled")  # what a committed batch adds
 
 
 def _now() -> datetime:
@@ -165,6 +166,39 @@ class StateStore:
         self.checkpoints = tables["checkpoints"]
         self.batches = tables["batches"]
         self.dead = tables["dead_letters"]
+        self._build_statements()
+
+    def _build_statements(self) -> None:
+        """The statements of every batch, built once with bound parameters (building them per
+        batch costs more than running them)."""
+        param = sa.bindparam
+
+        def key(table: sa.Table) -> sa.ColumnElement[bool]:
+            c = table.c
+            return sa.and_(c.destination == param("k_dest"), c.partition == param("k_part"))
+
+        self._insert_batch = sa.insert(self.batches)
+        self._insert_dead = sa.insert(self.dead)
+        self._ack_batch = (
+            sa.update(self.batches)
+            .where(key(self.batches), self.batches.c.seq == param("k_seq"))
+            .values(
+                status="acked",
+                attempts=param("v_attempts"),
+                last_http_status=param("v_status"),
+                acked_at=param("v_now"),
+            )
+        )
+        cp = self.checkpoints.c
+        self._advance = (
+            sa.update(self.checkpoints)
+            .where(key(self.checkpoints))
+            .values(
+                cursor=param("v_cursor"),
+                updated_at=param("v_now"),
+                **{name: cp[name] + param(f"d_{name}", type_=sa.BigInteger) for name in ADVANCED},
+            )
+        )
 
     def ensure(self) -> None:
         """Create the schema and the tables where they are absent. Several processes starting
@@ -209,7 +243,7 @@ class StateStore:
             error=error,
             started_at=now,
             updated_at=now,
-            **{c: 0 for c in (*COUNTERS, "requests", "retries", "throttled")},
+            **{c: 0 for c in ADVANCED},
         )
 
     def load(self, destination: str, partition: str) -> Checkpoint | None:
@@ -304,9 +338,7 @@ class StateStore:
                 self._commit(conn, destination, partition, batch, result, in_doubt)
             if sending is not None:
                 conn.execute(
-                    sa.insert(self.batches).values(
-                        self._ledger_row(destination, partition, sending, "sent")
-                    )
+                    self._insert_batch, self._ledger_row(destination, partition, sending, "sent")
                 )
 
     def _ledger_row(
@@ -349,39 +381,40 @@ class StateStore:
                     message,
                 )
             )
+        keys = {"k_dest": destination, "k_part": partition}
         if batch.events:
             conn.execute(
-                sa.update(self.batches)
-                .where(self._key(self.batches, destination, partition))
-                .where(self.batches.c.seq == batch.seq)
-                .values(
-                    status="acked",
-                    attempts=result.requests,
-                    last_http_status=result.last_status,
-                    acked_at=now,
-                )
+                self._ack_batch,
+                {
+                    **keys,
+                    "k_seq": batch.seq,
+                    "v_attempts": result.requests,
+                    "v_status": result.last_status,
+                    "v_now": now,
+                },
             )
         if dead:
             conn.execute(
-                sa.insert(self.dead),
-                [self._dead_row(destination, partition, d, now) for d in dead],
+                self._insert_dead, [self._dead_row(destination, partition, d, now) for d in dead]
             )
-        cp = self.checkpoints.c
+        deltas = {
+            "rows_read": batch.rows_read,
+            "delivered": len(result.delivered),
+            "dead_letters": len(dead),
+            "filtered": batch.filtered,
+            "in_doubt": in_doubt,
+            "requests": result.requests,
+            "retries": result.retries,
+            "throttled": result.throttled,
+        }
         conn.execute(
-            sa.update(self.checkpoints)
-            .where(self._key(self.checkpoints, destination, partition))
-            .values(
-                cursor=encode_position(batch.last),
-                rows_read=cp.rows_read + batch.rows_read,
-                delivered=cp.delivered + len(result.delivered),
-                dead_letters=cp.dead_letters + len(dead),
-                filtered=cp.filtered + batch.filtered,
-                in_doubt=cp.in_doubt + in_doubt,
-                requests=cp.requests + result.requests,
-                retries=cp.retries + result.retries,
-                throttled=cp.throttled + result.throttled,
-                updated_at=now,
-            )
+            self._advance,
+            {
+                **keys,
+                "v_cursor": encode_position(batch.last),
+                "v_now": now,
+                **{f"d_{name}": value for name, value in deltas.items()},
+            },
         )
 
     @staticmethod
