@@ -15,8 +15,7 @@ ArgValue = str | int | float | bool
 
 def event_id_for(destination: str, source_key: Any) -> str:
     """Deterministic event identity from the destination and the source row's key."""
-    digest = hashlib.sha256(f"{destination}\x1f{source_key}".encode()).hexdigest()
-    return digest[:32]
+    return event_ids_for(destination, [str(source_key)])[0]
 
 
 def event_ids_for(destination: str, source_keys: list[str]) -> list[str]:

@@ -165,7 +165,7 @@ class Mapper:
                 k and (v if type(v) is str else _normalize(v)) in allowed
                 for k, v in zip(keep, values, strict=True)
             ]
-        slow = [not k for k in keep]  # filtered rows are decided (and cheap) in map_row
+        slow = [not k for k in keep]  # no fast path for filtered rows: they need none
         times = self._times([p[0] for p in positions], slow)
         names = self._names(rows, slow)
         users = _texts([row.get(self.mapping.user.column) for row in rows], slow)
@@ -202,7 +202,11 @@ class Mapper:
         ]
         validate = self.vendor.validate
         return [
-            self.map_row(row) if slow[i] or validate(events[i]) is not None else events[i]
+            Filtered(positions[i])
+            if not keep[i]
+            else self.map_row(row)
+            if slow[i] or validate(events[i]) is not None
+            else events[i]
             for i, row in enumerate(rows)
         ]
 

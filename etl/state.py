@@ -337,13 +337,10 @@ class StateStore:
             for batch, result, in_doubt in acknowledged:
                 self._commit(conn, destination, partition, batch, result, in_doubt)
             if sending is not None:
-                conn.execute(
-                    self._insert_batch, self._ledger_row(destination, partition, sending, "sent")
-                )
+                conn.execute(self._insert_batch, self._sent_row(destination, partition, sending))
 
-    def _ledger_row(
-        self, destination: str, partition: str, batch: Batch, status: str
-    ) -> dict[str, Any]:
+    @staticmethod
+    def _sent_row(destination: str, partition: str, batch: Batch) -> dict[str, Any]:
         return {
             "destination": destination,
             "partition": partition,
@@ -352,9 +349,9 @@ class StateStore:
             "last_position": encode_position(batch.last),
             "event_count": len(batch.events),
             "bytes": batch.nbytes,
-            "status": status,
+            "status": "sent",
             "attempts": 0,
-            "sent_at": _now() if batch.events else None,
+            "sent_at": _now(),
         }
 
     def _commit(
