@@ -44,9 +44,7 @@ def replay_dead_letters(
         return report
     rows = source.rows_by_key([str(d["source_key"]) for d in letters], mapper.columns)
     by_key = {str(r[config.source.key_column]): r for r in rows}
-    sender = Sender.for_destination(
-        destination, dest, vendor, credentials, state=(config.state_url, config.state.table_prefix)
-    )
+    sender = Sender.for_destination(destination, dest, vendor, credentials, state=store)
     delivered: list[tuple[str, str]] = []
     still_dead: list[tuple[str, DeadLetter]] = []
     to_send: list[tuple[str, Event]] = []

@@ -209,7 +209,7 @@ def _run_destination(
             clock=clock,
             sleep=sleep,
             jitter=jitter,
-            state=(config.state_url, config.state.table_prefix),
+            state=store,
         )
     ctx = DestinationContext(name, dest, vendor, source, config.source, store, sender)
     report = DestinationReport(name, dest.vendor)

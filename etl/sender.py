@@ -22,6 +22,7 @@ from etl.events import SendResult
 from etl.ratelimit import BucketRegistry, Clock, Sleep, TokenBucket
 from etl.retry import RetryPolicy, full_jitter
 from etl.shared_budget import SharedBucket
+from etl.state import StateStore
 from etl.vendors.base import Classified, Vendor, Verdict
 
 log = logging.getLogger(__name__)
@@ -110,22 +111,21 @@ class Sender:
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
         jitter: Callable[[float], float] = full_jitter,
-        state: tuple[str, str] | None = None,
+        state: StateStore | None = None,
     ) -> Sender:
         """The sender of a configured destination: its limits, retries and credentials.
-        ``state`` (URL, table prefix) holds the budget shared across processes, if configured."""
+        ``state`` holds the budget shared across processes, if configured."""
         rate = vendor.rate_limit(dest)
         refs = ", ".join(dest.credentials.values())
         shared = None
         if rate.shared and state is not None:
             shared = SharedBucket(
-                state[0],
-                f"{state[1]}rate_limit",
+                state.engine,
+                state.rate_budget,
                 vendor.base_url(dest) + vendor.endpoint().path,
                 "|".join(credentials[k] for k in sorted(credentials)),
                 rate,
-                clock,
-                sleep,
+                sleep=sleep,
             )
         return cls(
             name,
@@ -239,8 +239,6 @@ class Sender:
             self._sleep(delay)
 
     def close(self) -> None:
-        if self.shared is not None:
-            self.shared.close()
         if self._parallel is not None:
             self._parallel.shutdown(cancel_futures=True)
         self.session.close()

@@ -1,6 +1,6 @@
-"""Checkpoints, the batch ledger and dead letters, kept in the warehouse.
+"""Checkpoints, the batch ledger, dead letters and shared rate budgets, kept in the warehouse.
 
-The three tables are defined here and only here; ``sql/state_tables.sql`` is generated from these
+The tables are defined here and only here; ``sql/state_tables.sql`` is generated from these
 definitions (``etl state-ddl``) for the people who review warehouse changes, and a test keeps the
 two equal. Every acknowledged batch is committed in one transaction: ledger row, dead letters,
 counters and cursor together, so that what the tables say is always what the vendor has.
@@ -74,7 +74,7 @@ def decode_position(text: str | None) -> Position | None:
 
 
 def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> dict[str, sa.Table]:
-    """The three state tables, named ``<prefix>checkpoints`` and so on."""
+    """The state tables, named ``<prefix>checkpoints`` and so on."""
     ts = sa.DateTime(timezone=True)
     checkpoints = sa.Table(
         f"{prefix}checkpoints",
@@ -126,7 +126,26 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> dict
         sa.Column("replayed_at", ts),
         schema=schema,
     )
-    return {"checkpoints": checkpoints, "batches": batches, "dead_letters": dead_letters}
+    rate_budget = sa.Table(
+        f"{prefix}rate_budget",
+        metadata,
+        sa.Column(
+            "key", sa.String(64), primary_key=True, comment="endpoint and credential, hashed"
+        ),
+        sa.Column(
+            "next_slot",
+            sa.Double,
+            nullable=False,
+            comment="seconds since the epoch (rate_limit.shared, etl/shared_budget.py)",
+        ),
+        schema=schema,
+    )
+    return {
+        "checkpoints": checkpoints,
+        "batches": batches,
+        "dead_letters": dead_letters,
+        "rate_budget": rate_budget,
+    }
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,7 @@ class StateStore:
         self.checkpoints = tables["checkpoints"]
         self.batches = tables["batches"]
         self.dead = tables["dead_letters"]
+        self.rate_budget = tables["rate_budget"]
         self._build_statements()
 
     def _build_statements(self) -> None:
@@ -219,7 +239,7 @@ class StateStore:
         self.engine.dispose()
 
     def table_names(self) -> list[str]:
-        return [t.fullname for t in (self.checkpoints, self.batches, self.dead)]
+        return [t.fullname for t in (self.checkpoints, self.batches, self.dead, self.rate_budget)]
 
     # -- partitions ----------------------------------------------------------------------------
 

@@ -52,3 +52,9 @@ CREATE TABLE etl_dead_letters (
 	replayed_at TIMESTAMP WITH TIME ZONE,
 	PRIMARY KEY (destination, event_id)
 );
+
+CREATE TABLE etl_rate_budget (
+	key VARCHAR(64) NOT NULL,
+	next_slot DOUBLE PRECISION NOT NULL,
+	PRIMARY KEY (key)
+);
