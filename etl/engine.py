@@ -231,10 +231,11 @@ def submit_partition(
 ) -> None:
     """Read the day after ``cursor``, map every row, cut batches, hand them all to the sink."""
     mapper = Mapper(ctx.name, ctx.config, ctx.source_config, ctx.vendor)
-    for chunk in ctx.source.read(day, mapper.columns, after=cursor):
+    for names, chunk in ctx.source.read_tuples(day, mapper.columns, after=cursor):
         # mapped and encoded a slice at a time: as fast, and far less memory than a whole chunk
         for start in range(0, len(chunk), MAP_SLICE):
-            for batch in batcher.add_chunk(mapper.map_rows(chunk[start : start + MAP_SLICE])):
+            outcomes = mapper.map_chunk(names, chunk[start : start + MAP_SLICE])
+            for batch in batcher.add_chunk(outcomes):
                 sink.submit(batch)
         if on_rows:
             on_rows(len(chunk))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -149,7 +150,13 @@ class Mapper:
         return Rejected(position, source_key, event_id, problem, safe_row)
 
     def map_rows(self, rows: list[dict[str, Any]]) -> list[RowOutcome]:
-        """``map_row`` of every row of a chunk, computed a column at a time.
+        """``map_row`` of every row (dicts), through ``map_chunk``."""
+        names = self.columns
+        return self.map_chunk(names, [[row.get(c) for c in names] for row in rows])
+
+    def map_chunk(self, names: list[str], rows: Sequence[Sequence[Any]]) -> list[RowOutcome]:
+        """``map_row`` of every row of a chunk (its column ``names``, its rows' values in that
+        order, as ``Source.read_tuples`` gives them), computed a column at a time.
 
         The same outcomes, several times faster: every column is read once into a list and
         converted by a tight loop over its common types (text, numbers). A row with a value no
@@ -157,28 +164,35 @@ class Mapper:
         through ``map_row``, so every event and every reason is the one ``map_row`` gives.
         """
         n = len(rows)
-        positions = [(row[self.ts_column], row[self.key_column]) for row in rows]
+        by_name = dict(zip(names, zip(*rows, strict=True), strict=True)) if n else {}
+        missing = (None,) * n
+
+        def column(name: str | None) -> Sequence[Any]:
+            return by_name.get(name, missing) if name is not None else missing
+
+        positions = list(zip(column(self.ts_column), column(self.key_column), strict=True))
         keep = [True] * n
-        for column, allowed in self._filters.items():
-            values = [row.get(column) for row in rows]
+        for name, allowed in self._filters.items():
             keep = [
                 k and (v if type(v) is str else _normalize(v)) in allowed
-                for k, v in zip(keep, values, strict=True)
+                for k, v in zip(keep, column(name), strict=True)
             ]
         slow = [not k for k in keep]  # no fast path for filtered rows: they need none
         times = self._times([p[0] for p in positions], slow)
-        names = self._names(rows, slow)
-        users = _texts([row.get(self.mapping.user.column) for row in rows], slow)
+        names_ = self._names(column, n, slow)
+        users = _texts(column(self.mapping.user.column), slow)
         user_types: list[str | None]
         if self.mapping.user.type_column is not None:
-            user_types = list(
-                _texts([row.get(self.mapping.user.type_column) for row in rows], slow)
-            )
+            user_types = list(_texts(column(self.mapping.user.type_column), slow))
         else:
             user_types = [self.mapping.user.type] * n
-        args = self._typed_columns(rows, self._args, slow)
-        fields = self._typed_columns(rows, self._fields, slow) if self._fields else None
-        props = self._properties(rows, slow) if self.mapping.properties_column else None
+        args = self._typed_columns(column, n, self._args, slow)
+        fields = self._typed_columns(column, n, self._fields, slow) if self._fields else None
+        props = (
+            self._properties(column(self.mapping.properties_column), slow)
+            if self.mapping.properties_column
+            else None
+        )
 
         keys = [p[1] for p in positions]
         source_keys = [
@@ -190,7 +204,7 @@ class Mapper:
                 event_ids_for(self.destination, source_keys),
                 source_keys,
                 positions,
-                names,
+                names_,
                 users,
                 user_types,
                 times,
@@ -204,10 +218,10 @@ class Mapper:
         return [
             Filtered(positions[i])
             if not keep[i]
-            else self.map_row(row)
+            else self.map_row(dict(zip(names, rows[i], strict=True)))
             if slow[i] or validate(events[i]) is not None
             else events[i]
-            for i, row in enumerate(rows)
+            for i in range(n)
         ]
 
     def _times(self, values: list[Any], slow: list[bool]) -> list[datetime | None]:
@@ -243,23 +257,23 @@ class Mapper:
                 slow[i] = True
         return out
 
-    def _names(self, rows: list[dict[str, Any]], slow: list[bool]) -> list[str]:
+    def _names(self, column: _Column, n: int, slow: list[bool]) -> list[str]:
         spec = self.mapping.event_name
         if not isinstance(spec, EventNameFromColumn):
-            return [spec] * len(rows)
-        raw = _texts([row.get(spec.column) for row in rows], slow, strip=False)
+            return [spec] * n
+        raw = _texts(column(spec.column), slow, strip=False)
         rename = spec.rename
         names = [rename.get(v, v) if v is not None else "" for v in raw]
         return [v.lower() for v in names] if spec.lowercase else names
 
     def _typed_columns(
-        self, rows: list[dict[str, Any]], specs: list[tuple[str, ArgSpec]], slow: list[bool]
+        self, column: _Column, n: int, specs: list[tuple[str, ArgSpec]], slow: list[bool]
     ) -> list[dict[str, ArgValue]]:
-        out: list[dict[str, ArgValue]] = [{} for _ in rows]
+        out: list[dict[str, ArgValue]] = [{} for _ in range(n)]
         for name, spec in specs:
             kind, required = spec.type, spec.required
-            for i, row in enumerate(rows):
-                value: Any = row.get(spec.column)
+            value: Any
+            for i, value in enumerate(column(spec.column)):
                 kind_of = type(value)
                 if kind_of is str:
                     if not value or value.isspace():
@@ -298,15 +312,13 @@ class Mapper:
                     slow[i] = True
         return out
 
-    def _properties(self, rows: list[dict[str, Any]], slow: list[bool]) -> list[dict[str, Any]]:
-        column = self.mapping.properties_column
-        assert column is not None
-        out: list[dict[str, Any]] = [{}] * len(rows)
-        for i, row in enumerate(rows):
+    def _properties(self, values: Sequence[Any], slow: list[bool]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [{}] * len(values)
+        for i, value in enumerate(values):
             if slow[i]:
                 continue
             try:
-                out[i] = parse_json_object(row.get(column))
+                out[i] = parse_json_object(value)
             except ValueError:
                 slow[i] = True
         return out
@@ -364,7 +376,7 @@ class Mapper:
         )
 
 
-def _texts(values: list[Any], slow: list[bool], strip: bool = True) -> list[str | None]:
+def _texts(values: Sequence[Any], slow: list[bool], strip: bool = True) -> list[str | None]:
     """Non-blank text values (stripped); None, and the row marked slow, for anything else."""
     out: list[str | None] = [None] * len(values)
     for i, value in enumerate(values):
@@ -373,6 +385,10 @@ def _texts(values: list[Any], slow: list[bool], strip: bool = True) -> list[str 
         else:
             slow[i] = True
     return out
+
+
+_Column = Callable[[str | None], Sequence[Any]]
+"""A chunk's values of one column, by name (None: a column not mapped, all None)."""
 
 
 class _RowProblem(ValueError):

@@ -92,7 +92,11 @@ MAPPERS = [mapper(v, tz) for v in MAPPINGS for tz in ("UTC", "Europe/Paris")]
 @given(rows)
 def test_map_rows_equals_map_row(chunk):
     for m in MAPPERS:
-        assert m.map_rows(chunk) == [m.map_row(r) for r in chunk]
+        expected = [m.map_row(r) for r in chunk]
+        assert m.map_rows(chunk) == expected
+        # as the engine gives them: column names in the source's order, rows as tuples
+        names = list(reversed(m.columns))
+        assert m.map_chunk(names, [tuple(r.get(c) for c in names) for r in chunk]) == expected
 
 
 offsets = st.timedeltas(min_value=timedelta(hours=-12), max_value=timedelta(hours=14)).map(
