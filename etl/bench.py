@@ -33,6 +33,7 @@ from etl.vendors import vendor_class
 from etl.vendors.base import encode_json
 
 DAYS = 30
+TRIES = 3  # runs of the local throughput and of the floor; the best of each counts
 TARGETS = {
     "local_vs_floor": 0.5,
     "limited_efficiency": 0.97,
@@ -111,6 +112,10 @@ class Sandbox:
             f"{self.url}/_sandbox/arrivals", params={"vendor": vendor}, timeout=10
         ).json()
         return sorted(data)
+
+    def reset(self) -> None:
+        """Forget what was received (the records of a million events slow the sandbox down)."""
+        requests.post(f"{self.url}/_sandbox/reset", timeout=30).raise_for_status()
 
     def stats(self, vendor: str) -> dict[str, int]:
         data: dict[str, dict[str, int]] = requests.get(
@@ -269,11 +274,21 @@ def run_bench(
                     "max_in_flight": 4,
                 }
                 local_path = pipeline("local", big, "thrivestack", unlimited, **fast)
-                local = run_child(local_path, start, last)
-                results["local_events_per_s"] = round(local.delivered / local.seconds)
-                results["peak_rss_mb_1m"] = round(local.peak_rss_mb, 1)
-                _, floor_rate = floor(local_path, start, last)
-                results["floor_events_per_s"] = round(floor_rate)
+                # This machine's speed varies by 15 % from minute to minute: the best of three
+                # runs of each, taken in turns, so that both see the same machine.
+                local_rates, floor_rates, peaks = [], [], []
+                for _ in range(TRIES):
+                    unlimited.reset()
+                    for f in directory.glob("local_state.db*"):
+                        f.unlink()  # a fresh state: every run sends the whole range
+                    local = run_child(local_path, start, last)
+                    local_rates.append(local.delivered / local.seconds)
+                    peaks.append(local.peak_rss_mb)
+                    floor_rates.append(floor_child(local_path, start, last))
+                results["local_events_per_s"] = round(max(local_rates))
+                results["floor_events_per_s"] = round(max(floor_rates))
+                results["peak_rss_mb_1m"] = round(max(peaks), 1)
+                unlimited.reset()
                 small_run = run_child(
                     pipeline("small", small, "thrivestack", unlimited, **fast), start, last
                 )
@@ -490,5 +505,20 @@ def targets_met(r: dict[str, Any]) -> dict[str, bool]:
     return met
 
 
+def floor_child(pipeline: Path, first: date, last: date) -> float:
+    """``floor`` in a fresh process with the interpreter tuned as for a run, as the runs are."""
+    command = [sys.executable, "-m", "etl.bench", "--floor", str(pipeline)]
+    command += [first.isoformat(), last.isoformat()]
+    output = subprocess.run(command, capture_output=True, check=True).stdout
+    return float(json.loads(output)["rows_per_s"])
+
+
 if __name__ == "__main__":
-    child_main(*sys.argv[1:4])
+    if sys.argv[1] == "--floor":
+        from etl.runner import tuned_interpreter
+
+        with tuned_interpreter(fine_switching=False):
+            dates = [date.fromisoformat(a) for a in sys.argv[3:5]]
+            print(json.dumps({"rows_per_s": floor(Path(sys.argv[2]), *dates)[1]}))
+    else:
+        child_main(*sys.argv[1:4])

@@ -129,7 +129,7 @@ def run_backfill(
     out: IO[str] | None = open(dry_run, "w", encoding="utf-8") if dry_run else None  # noqa: SIM115
     fine_switching = any(_pace_of(config, name) < 1000 for name in names)
     try:
-        with _tuned_interpreter(fine_switching):
+        with tuned_interpreter(fine_switching):
             for name in names:
                 reports.append(
                     _run_destination(
@@ -154,7 +154,7 @@ _defaults: tuple[float, tuple[int, int, int]] = (0.005, (700, 10, 10))
 
 
 @contextmanager
-def _tuned_interpreter(fine_switching: bool) -> Iterator[None]:
+def tuned_interpreter(fine_switching: bool) -> Iterator[None]:
     """Interpreter settings for the length of a run (or of runs overlapping in one process),
     restored after the last.
 

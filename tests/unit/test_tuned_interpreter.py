@@ -5,16 +5,16 @@ from __future__ import annotations
 import gc
 import sys
 
-from etl.runner import _tuned_interpreter
+from etl.runner import tuned_interpreter
 
 
 def test_settings_are_restored_after_the_last_of_overlapping_runs():
     before = (gc.get_threshold(), sys.getswitchinterval(), gc.get_freeze_count())
-    with _tuned_interpreter(fine_switching=False):
+    with tuned_interpreter(fine_switching=False):
         assert gc.get_threshold()[0] == 20_000
         assert gc.get_freeze_count() > 0  # what was alive at the start is out of the walks
         assert sys.getswitchinterval() == before[1]
-        with _tuned_interpreter(fine_switching=True):  # a second run in the same process
+        with tuned_interpreter(fine_switching=True):  # a second run in the same process
             assert sys.getswitchinterval() <= 0.001
         assert gc.get_threshold()[0] == 20_000  # the first run still goes on
     assert (gc.get_threshold(), sys.getswitchinterval(), gc.get_freeze_count()) == before
@@ -23,7 +23,7 @@ def test_settings_are_restored_after_the_last_of_overlapping_runs():
 def test_settings_are_restored_when_a_run_fails():
     before = (gc.get_threshold(), sys.getswitchinterval())
     try:
-        with _tuned_interpreter(fine_switching=True):
+        with tuned_interpreter(fine_switching=True):
             raise RuntimeError("the run failed")
     except RuntimeError:
         pass
