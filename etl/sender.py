@@ -94,6 +94,7 @@ class Sender:
             session.mount("http://", adapter)
             session.mount("https://", adapter)
         self.session = session
+        self._environment = session.merge_environment_settings(self.url, {}, None, None, None)
         # One event per request: the events of a batch go out in parallel, paced by the bucket.
         self._parallel = (
             None if endpoint.json_array else ThreadPoolExecutor(pool_size, f"req-{destination}")
@@ -194,9 +195,7 @@ class Sender:
                 self.shared.acquire()
             status: int | None = None
             try:
-                resp = self.session.post(
-                    self.url, data=body, headers=self._headers, timeout=self.timeout
-                )
+                resp = self._http_post(body)
                 status = resp.status_code
                 classified = self.vendor.classify(status, resp.text, dict(resp.headers))
                 maybe_stored = status >= 500
@@ -237,6 +236,13 @@ class Sender:
                 delay,
             )
             self._sleep(delay)
+
+    def _http_post(self, body: bytes) -> requests.Response:
+        """One POST. Prepared here and sent by the session with the environment's settings
+        (proxies, CA bundle) read once: ``Session.post`` reads them, and ~/.netrc, again for
+        every request, which doubled its CPU (0.6 ms, for every event of a one-event vendor)."""
+        request = requests.Request("POST", self.url, data=body, headers=self._headers)
+        return self.session.send(request.prepare(), timeout=self.timeout, **self._environment)
 
     def close(self) -> None:
         if self._parallel is not None:

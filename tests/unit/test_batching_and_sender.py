@@ -86,8 +86,11 @@ class FakeSession:
         self.calls: list[list[str]] = []
         self.timeouts: list[float] = []
 
-    def post(self, url, data, headers, timeout):
-        events = json.loads(data)
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        return {}
+
+    def send(self, request, timeout):
+        events = json.loads(request.body)
         ids = [e["dedup_id"] for e in events]
         self.calls.append(ids)
         self.timeouts.append(timeout)
@@ -197,3 +200,14 @@ def test_connection_refused_is_not_ambiguous():
 
     result = sender(FakeSession(answer), FakeClock()).send(encoded(1))
     assert result.delivered == [0] and result.ambiguous == set()
+
+
+def test_the_environment_s_proxy_is_used(monkeypatch, clock):
+    """Proxies and the CA bundle come from the environment, read once per sender."""
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "")
+    plain = sender(None, clock)
+    try:
+        assert plain._environment["proxies"]["http"] == "http://proxy.internal:3128"
+    finally:
+        plain.close()
