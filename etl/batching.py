@@ -90,7 +90,6 @@ class Batcher:
         if payload is not None:
             assert isinstance(outcome, Event)
             batch.events.append(outcome)
-            batch.payloads.append(payload)
             batch.encoded.append(encoded)
             batch.nbytes += size
         elif isinstance(outcome, Filtered):

@@ -58,8 +58,8 @@ class PartitionReport:
         self.requests += result.requests
         self.retries += result.retries
         self.throttled += result.throttled
-        if len(self.samples) < 3 and batch.payloads:
-            self.samples.append(mask_user(batch.payloads[0], batch.events[0].user_id))
+        if len(self.samples) < 3 and batch.encoded:
+            self.samples.append(mask_user(batch.payload(0), batch.events[0].user_id))
 
 
 def mask_identifier(value: str) -> str:
@@ -203,13 +203,13 @@ class DryRunSink:
         self.out = out
 
     def submit(self, batch: Batch) -> None:
-        for event, payload in zip(batch.events, batch.payloads, strict=True):
+        for index, event in enumerate(batch.events):
             line = {
                 "destination": self.ctx.name,
                 "partition": self.partition,
                 "event_id": event.event_id,
                 "batch": batch.seq,
-                "payload": payload,
+                "payload": batch.payload(index),
             }
             self.out.write(json.dumps(line, ensure_ascii=False) + "\n")
         self.report.add(batch, SendResult(delivered=list(range(len(batch.events)))), 0)

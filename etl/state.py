@@ -393,7 +393,7 @@ class StateStore:
                     event.event_id,
                     event.source_key,
                     f"rejected by vendor: {message}",
-                    batch.payloads[index],
+                    batch.payload(index),
                     status,
                     message,
                 )
