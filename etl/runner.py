@@ -127,9 +127,9 @@ def run_backfill(
     buckets = BucketRegistry()
     reports = []
     out: IO[str] | None = open(dry_run, "w", encoding="utf-8") if dry_run else None  # noqa: SIM115
-    fine_switching = any(_pace_of(config, name) < 1000 for name in names)
+    paced = any(_pace_of(config, name) < 1000 for name in names)
     try:
-        with tuned_interpreter(fine_switching):
+        with tuned_interpreter(paced):
             for name in names:
                 reports.append(
                     _run_destination(
@@ -154,19 +154,20 @@ _defaults: tuple[float, tuple[int, int, int]] = (0.005, (700, 10, 10))
 
 
 @contextmanager
-def tuned_interpreter(fine_switching: bool) -> Iterator[None]:
+def tuned_interpreter(paced: bool) -> Iterator[None]:
     """Interpreter settings for the length of a run (or of runs overlapping in one process),
-    restored after the last.
+    restored after the last. ``paced``: some destination is paced under 1,000 requests a
+    second, so the limit binds and its requests must leave on time.
 
     - The cycle collector: a run allocates millions of short-lived objects (rows, events,
       payloads) that reference counting frees, yet with Python's default threshold the collector
       walks the young objects every 700 allocations, and every object the process holds (modules,
       Dagster's definitions) now and then: a quarter to a third of a run's CPU. The objects alive
-      at the start are frozen out of its walks, and it runs every 20,000 allocations.
+      at the start are frozen out of its walks; and unless the run is paced, it runs every
+      20,000 allocations (its pauses then last milliseconds: a paced request would leave late).
     - The switch interval: a sender thread woken for its rate-limit slot waits for the
-      interpreter lock while the main thread maps rows: 1 ms at most instead of Python's 5, so
-      that requests leave on time, where a limit can bind (``fine_switching``: some destination
-      paced under 1,000 requests a second; more switching costs throughput).
+      interpreter lock while the main thread maps rows: when paced, 1 ms at most instead of
+      Python's 5, so that requests leave on time (more switching costs throughput).
     """
     global _tuned_runs, _defaults
     with _TUNING_LOCK:
@@ -175,8 +176,9 @@ def tuned_interpreter(fine_switching: bool) -> Iterator[None]:
             gc.freeze()
             gc.set_threshold(20_000, *_defaults[1][1:])
         _tuned_runs += 1
-        if fine_switching:
+        if paced:
             sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
+            gc.set_threshold(*_defaults[1])
     try:
         yield
     finally:
