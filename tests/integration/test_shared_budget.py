@@ -9,6 +9,7 @@ real one, kept short by a sandbox that runs 60x faster: Fuul's 10 batch requests
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -117,15 +118,18 @@ def test_an_in_memory_state_cannot_be_shared():
     "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 )
 def test_four_processes_stay_within_one_limit(tmp_path: Path, database: str):
+    # The sandbox runs in this process: late in the suite a full collection over everything the
+    # earlier tests left behind held its threads, and the arrivals they stamp, for longer than the
+    # margin (7 requests refused, whatever the margin). What is alive now is left out of it.
+    gc.collect()
+    gc.freeze()
     server = start_sandbox(time_scale=60 / WINDOW)
     try:
         with warehouse_of(database, tmp_path) as warehouse:
             warehouse.fill(3200, days=4, end=RECENT_END)
             first = RECENT_END - timedelta(days=4)
-            # The margin covers the time between a request's slot and its arrival. Four processes
-            # starting at once on two cores (with the tests' sandbox, in this process) have been
-            # seen to hold a request back more than 20 ms (the default 2 % of this 1 s window) in
-            # their first second; `etl bench --only shared` measures the default on 84 windows.
+            # 5 %: headroom for four processes starting at once on two cores next to the test
+            # suite; `etl bench --only shared` measures the default 2 % on 84 windows.
             limit = FOUR.model_dump(include={"requests", "per_seconds", "margin", "shared"})
             path = write_pipeline(
                 tmp_path / "pipeline.yaml", warehouse, server.url, first.isoformat(),
@@ -157,7 +161,10 @@ def test_four_processes_stay_within_one_limit(tmp_path: Path, database: str):
                 output = proc.communicate(timeout=300)[0].decode()
                 assert proc.returncode == 0, output
             stats = server.sandbox.stats["fuul"]
-            assert stats.get("throttled", 0) == 0
+            assert stats.get("throttled", 0) == 0, (
+                stats,
+                sorted(server.sandbox.arrivals["fuul"])[:40],
+            )
             arrivals = sorted(server.sandbox.arrivals["fuul"])
             # never more than the limit in any window of the sandbox's length
             for i, t in enumerate(arrivals):
@@ -172,3 +179,4 @@ def test_four_processes_stay_within_one_limit(tmp_path: Path, database: str):
             assert_delivered(path, server, "fuul")
     finally:
         server.stop()
+        gc.unfreeze()
