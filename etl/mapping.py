@@ -179,7 +179,7 @@ class Mapper:
             ]
         slow = [not k for k in keep]  # no fast path for filtered rows: they need none
         times = self._times([p[0] for p in positions], slow)
-        names_ = self._names(column, n, slow)
+        event_names = self._names(column, n, slow)
         users = _texts(column(self.mapping.user.column), slow)
         user_types: list[str | None]
         if self.mapping.user.type_column is not None:
@@ -204,7 +204,7 @@ class Mapper:
                 event_ids_for(self.destination, source_keys),
                 source_keys,
                 positions,
-                names_,
+                event_names,
                 users,
                 user_types,
                 times,
