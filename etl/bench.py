@@ -224,12 +224,12 @@ def floor(pipeline: Path, first: date, last: date) -> tuple[int, float]:
     started = time.monotonic()
     day = first
     while day <= last:
-        for chunk in ctx.source.read(day, columns):
+        for names, chunk in ctx.source.read_tuples(day, columns):
             for row in chunk:
                 encode_json(
                     {
                         k: v if isinstance(v, str | int | float | None) else str(v)
-                        for k, v in row.items()
+                        for k, v in zip(names, row, strict=True)
                     }
                 )
             rows += len(chunk)

@@ -149,11 +149,6 @@ class Mapper:
         safe_row = {c: json_safe(row.get(c)) for c in self.columns}
         return Rejected(position, source_key, event_id, problem, safe_row)
 
-    def map_rows(self, rows: list[dict[str, Any]]) -> list[RowOutcome]:
-        """``map_row`` of every row (dicts), through ``map_chunk``."""
-        names = self.columns
-        return self.map_chunk(names, [[row.get(c) for c in names] for row in rows])
-
     def map_chunk(self, names: list[str], rows: Sequence[Sequence[Any]]) -> list[RowOutcome]:
         """``map_row`` of every row of a chunk (its column ``names``, its rows' values in that
         order, as ``Source.read_tuples`` gives them), computed a column at a time.

@@ -27,6 +27,12 @@ from etl.vendors.base import Classified, Vendor, Verdict
 
 log = logging.getLogger(__name__)
 
+
+def _secret(credentials: dict[str, str]) -> str:
+    """The credentials as one string: what a rate budget is kept per (never stored as is)."""
+    return "|".join(credentials[k] for k in sorted(credentials))
+
+
 USER_AGENT = f"etl-backfill/{__version__}"
 
 
@@ -81,7 +87,7 @@ class Sender:
             "User-Agent": USER_AGENT,
             **vendor.headers(credentials),
         }
-        secret = "|".join(credentials[k] for k in sorted(credentials))
+        secret = _secret(credentials)
         per_second = rate if rate is not None else endpoint.rate_limit.per_second
         self.bucket = (buckets or BucketRegistry()).get(
             self.url, secret, lambda: TokenBucket(per_second, burst, clock, sleep, window)
@@ -124,7 +130,7 @@ class Sender:
                 state.engine,
                 state.rate_budget,
                 vendor.base_url(dest) + vendor.endpoint().path,
-                "|".join(credentials[k] for k in sorted(credentials)),
+                _secret(credentials),
                 rate,
                 sleep=sleep,
             )

@@ -144,19 +144,12 @@ class Source:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def read(
-        self, day: date, columns: Iterable[str], after: Position | None = None
-    ) -> Iterator[list[dict[str, Any]]]:
-        """Chunks of the day's rows in (timestamp, key) order, strictly after ``after``."""
-        for names, rows in self.read_tuples(day, columns, after):
-            yield [dict(zip(names, r, strict=True)) for r in rows]
-
     def read_tuples(
         self, day: date, columns: Iterable[str], after: Position | None = None
     ) -> Iterator[tuple[list[str], Sequence[Sequence[Any]]]]:
-        """``read``, each chunk as its column names and its rows as sequences of values (what
-        the engine maps a column at a time: a dict per row costs a microsecond it does not
-        need)."""
+        """Chunks of the day's rows in (timestamp, key) order, strictly after ``after``: each
+        its column names and its rows as sequences of values (the engine maps a column at a
+        time: a dict per row would cost a microsecond it does not need)."""
         ts_name, key_name = self.config.timestamp_column, self.config.key_column
         cols = [
             self.ts_col.label(ts_name) if c == ts_name else self.relation.c[c]
