@@ -368,6 +368,7 @@ def sandbox(
         record_path=record,
         fuul_triggers=triggers,
         torque_events=_parse_torque_events(torque_events) if torque_events else None,
+        freeze_records=True,
     )
     for vendor in box.emulators:
         box.set_faults(vendor, error_rate=error_rate, lose_rate=lose_rate, latency_ms=latency_ms)
