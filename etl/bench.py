@@ -2,13 +2,15 @@
 
 Every measurement runs the real pipeline (`etl run`) in a child process against the sandbox,
 itself in another process, so that neither competes for the pipeline's interpreter and each
-child's peak memory can be read from the kernel (``wait4``). See README, "Performance".
+run's peak memory can be read from the kernel: the run's own plus its reader process's
+(``getrusage``). See README, "Performance".
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -169,7 +171,7 @@ def write_pipeline(
 
 
 def run_child(pipeline: Path, first: date, last: date) -> Child:
-    """`etl bench-child` in a fresh process; its peak RSS from wait4."""
+    """`etl bench-child` in a fresh process: what it did and its peak memory."""
     command = [
         sys.executable,
         "-m",
@@ -179,15 +181,11 @@ def run_child(pipeline: Path, first: date, last: date) -> Child:
         last.isoformat(),
     ]
     env = {**os.environ, **SANDBOX_CREDENTIALS}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
-    assert proc.stdout is not None
-    output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the bench run failed ({proc.returncode}): {output.decode()[-2000:]}")
-    data = json.loads(output)
-    return Child(peak_rss_mb=usage.ru_maxrss / 1024, **data)
+    done = subprocess.run(command, stdout=subprocess.PIPE, env=env)
+    if done.returncode != 0:
+        output = done.stdout.decode()[-2000:]
+        raise RuntimeError(f"the bench run failed ({done.returncode}): {output}")
+    return Child(**json.loads(done.stdout))
 
 
 def child_main(pipeline: str, first: str, last: str) -> None:
@@ -204,11 +202,16 @@ def child_main(pipeline: str, first: str, last: str) -> None:
     [dest] = report.destinations
     if dest.error or not report.ok:
         raise SystemExit(f"run failed: {dest.error or [p.error for p in dest.failed]}")
+    # the run's peak and its reader process's (ended and waited for): their sum, as if both
+    # peaked at once
+    usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    peak_kb = sum(u.ru_maxrss for u in usage)
     print(json.dumps({
         "delivered": dest.total("delivered"),
         "rows_read": dest.total("rows_read"),
         "throttled": dest.total("throttled"),
         "seconds": seconds,
+        "peak_rss_mb": peak_kb / 1024,
     }))  # fmt: skip
 
 

@@ -166,6 +166,9 @@ class SourceConfig(_Model):
     timestamp_type: Literal["datetime", "text", "epoch_s", "epoch_ms"] = "datetime"
     timezone: str = "UTC"
     chunk_size: int = Field(default=5000, gt=0)
+    reader_process: bool | Literal["auto"] = Field(
+        default="auto", description="read in a second process; auto: runs of 50,000 rows or more"
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -183,6 +186,29 @@ class SourceConfig(_Model):
         if (self.table is None) == (self.query is None):
             raise ValueError("give exactly one of 'table' or 'query'")
         return self
+
+    @model_validator(mode="after")
+    def _reader_can_open(self) -> SourceConfig:
+        problem = single_process_only(self.url)
+        if self.reader_process is True and problem:
+            raise ValueError(f"reader_process: true, but {problem}: set it to false or auto")
+        return self
+
+
+def single_process_only(url: str) -> str | None:
+    """Why a second process cannot read this database, or None if it can."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None  # the source says what is wrong with it when it opens it
+    if parsed.get_backend_name() == "duckdb":
+        return "DuckDB lets one process at a time open a database file"
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        return "an in-memory SQLite database cannot be read from another process"
+    return None
 
 
 class StateConfig(_Model):

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date
 from typing import IO, Any, Protocol
@@ -21,7 +22,7 @@ from etl.errors import AccountingError
 from etl.events import Batch, Position, SendResult
 from etl.mapping import Mapper, mapping_fingerprint
 from etl.sender import Sender
-from etl.source import Source
+from etl.source import Chunks, Source
 from etl.state import StateStore
 from etl.vendors.base import Vendor
 
@@ -87,25 +88,43 @@ class DestinationContext:
     source_config: SourceConfig
     store: StateStore | None
     sender: Sender | None
+    reader: ChunkReader | None = None  # where the rows are read; None: the source, here
 
     @property
     def fingerprint(self) -> str:
         return mapping_fingerprint(self.source_config, self.config)
 
-    def batcher(self, first_seq: int) -> Batcher:
+    @property
+    def events_per_request(self) -> int:
         endpoint = self.vendor.endpoint()
         if endpoint.json_array:
-            size = min(self.config.batch_size or endpoint.max_events, endpoint.max_events)
-        else:
-            # One event per request: a batch is one wave of parallel requests, checkpointed
-            # together; small, so that a crash leaves few events in doubt.
-            size = self.config.max_in_flight
+            return min(self.config.batch_size or endpoint.max_events, endpoint.max_events)
+        return 1
+
+    @property
+    def ceiling(self) -> float:
+        """The most events a second the rate limit lets through."""
+        return self.vendor.rate_limit(self.config).per_second * self.events_per_request
+
+    def batcher(self, first_seq: int) -> Batcher:
+        endpoint = self.vendor.endpoint()
+        # One event per request: a batch is one wave of parallel requests, checkpointed
+        # together; small, so that a crash leaves few events in doubt.
+        size = self.events_per_request if endpoint.json_array else self.config.max_in_flight
         return Batcher(self.vendor, size, endpoint.max_bytes, first_seq)
 
     @property
     def batches_in_flight(self) -> int:
         """Batches sent at once: each array request is one; single-event waves overlap by three."""
         return self.config.max_in_flight if self.vendor.endpoint().json_array else 3
+
+
+class ChunkReader(Protocol):
+    """``Source.read_tuples``, in this process (the Source) or another (``ReaderProcess``)."""
+
+    def read_tuples(
+        self, day: date, columns: Iterable[str], after: Position | None = None
+    ) -> Chunks: ...
 
 
 class BatchSink(Protocol):
@@ -231,14 +250,18 @@ def submit_partition(
 ) -> None:
     """Read the day after ``cursor``, map every row, cut batches, hand them all to the sink."""
     mapper = Mapper(ctx.name, ctx.config, ctx.source_config, ctx.vendor)
-    for names, chunk in ctx.source.read_tuples(day, mapper.columns, after=cursor):
-        # mapped and encoded a slice at a time: as fast, and far less memory than a whole chunk
-        for start in range(0, len(chunk), MAP_SLICE):
-            outcomes = mapper.map_chunk(names, chunk[start : start + MAP_SLICE])
-            for batch in batcher.add_chunk(outcomes):
-                sink.submit(batch)
-        if on_rows:
-            on_rows(len(chunk))
+    reader = ctx.reader or ctx.source
+    # closed at once if this stops half-way: the reader may be asked for the next day
+    with closing(reader.read_tuples(day, mapper.columns, after=cursor)) as chunks:
+        for names, chunk in chunks:
+            # mapped and encoded a slice at a time: as fast, and far less memory than a whole
+            # chunk
+            for start in range(0, len(chunk), MAP_SLICE):
+                outcomes = mapper.map_chunk(names, chunk[start : start + MAP_SLICE])
+                for batch in batcher.add_chunk(outcomes):
+                    sink.submit(batch)
+            if on_rows:
+                on_rows(len(chunk))
     last = batcher.flush()
     if last is not None:
         sink.submit(last)

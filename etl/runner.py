@@ -20,6 +20,7 @@ from etl.config import PipelineConfig, resolve_credentials
 from etl.engine import DestinationContext, PartitionReport, PartitionRun
 from etl.errors import AccountingError, ConfigError, DeliveryError
 from etl.ratelimit import BucketRegistry, Clock, Sleep
+from etl.reader import ReaderProcess, use_reader_process
 from etl.retry import full_jitter
 from etl.sender import Sender
 from etl.source import Source, safe_url
@@ -124,6 +125,7 @@ def run_backfill(
     if dry_run is None:
         store = open_store(config, source.engine)
     days = days_between(first, last)
+    reader = ReaderProcess(config)  # started if a destination's run is large enough
     buckets = BucketRegistry()
     reports = []
     out: IO[str] | None = open(dry_run, "w", encoding="utf-8") if dry_run else None  # noqa: SIM115
@@ -133,7 +135,7 @@ def run_backfill(
             for name in names:
                 reports.append(
                     _run_destination(
-                        config, name, source, store, credentials.get(name, {}), days,
+                        config, name, source, reader, store, credentials.get(name, {}), days,
                         restart=restart, out=out, progress=progress, buckets=buckets,
                         clock=clock, sleep=sleep, jitter=jitter, log=log,
                     )
@@ -141,6 +143,7 @@ def run_backfill(
     finally:
         if out is not None:
             out.close()
+        reader.close()
         source.engine.dispose()
         if store is not None:
             store.engine.dispose()
@@ -223,6 +226,7 @@ def _run_destination(
     config: PipelineConfig,
     name: str,
     source: Source,
+    reader: ReaderProcess,
     store: StateStore | None,
     credentials: dict[str, str],
     days: list[date],
@@ -262,6 +266,8 @@ def _run_destination(
     if store is not None and not restart:
         done = {d.isoformat() for d in days}
         remaining -= sum(cp.rows_read for cp in store.checkpoints_of(name) if cp.partition in done)
+    if use_reader_process(config.source, remaining, ctx.ceiling):
+        ctx.reader = reader
     started = time.monotonic()
     bar = tqdm(
         total=max(remaining, 0),

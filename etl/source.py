@@ -6,7 +6,7 @@ after the last row of the previous one, ordered by ``(timestamp, key)``; never O
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -19,6 +19,9 @@ from etl.config import PipelineConfig, SourceConfig
 from etl.errors import SourceError
 from etl.events import Position
 from etl.timestamps import day_bounds
+
+# Chunks of rows: each its column names and its rows' values in that order.
+Chunks = Generator[tuple[list[str], Sequence[Sequence[Any]]], None, None]
 
 
 def make_engine(url: str) -> Engine:
@@ -146,7 +149,7 @@ class Source:
 
     def read_tuples(
         self, day: date, columns: Iterable[str], after: Position | None = None
-    ) -> Iterator[tuple[list[str], Sequence[Sequence[Any]]]]:
+    ) -> Chunks:
         """Chunks of the day's rows in (timestamp, key) order, strictly after ``after``: each
         its column names and its rows as sequences of values (the engine maps a column at a
         time: a dict per row would cost a microsecond it does not need)."""

@@ -49,6 +49,7 @@ def test_valid_file_loads_with_defaults(tmp_path, monkeypatch):
         5000,
         "etl_",
     )
+    assert config.source.reader_process == "auto"
 
 
 def test_env_default_is_overridden(tmp_path, monkeypatch):
@@ -68,6 +69,21 @@ def test_env_default_is_overridden(tmp_path, monkeypatch):
             "table: user_actions",
             "table: user_actions\n  timezone: Mars/Olympus",
             "source.timezone: Value error, unknown time zone",
+        ),
+        (
+            "table: user_actions",
+            "table: user_actions\n  reader_process: sometimes",
+            "source.reader_process",
+        ),
+        (
+            "url: ${WAREHOUSE_URL:-sqlite:///w.db}",
+            "url: 'duckdb:///w.duckdb'\n  reader_process: true",
+            "source: Value error, reader_process: true, but DuckDB lets one process at a time",
+        ),
+        (
+            "url: ${WAREHOUSE_URL:-sqlite:///w.db}",
+            "url: 'sqlite://'\n  reader_process: true",
+            "an in-memory SQLite database cannot be read from another process",
         ),
         (
             "table: user_actions",

@@ -1,0 +1,136 @@
+"""The reader process: the chunks the source gives, read in a child process (SQLite, PostgreSQL)."""
+
+import os
+import signal
+import threading
+
+import pytest
+
+from etl.config import load_pipeline
+from etl.errors import SourceError
+from etl.reader import MIN_CEILING, MIN_ROWS, ReaderProcess, _error, use_reader_process
+from etl.source import Source
+from tests.conftest import write_pipeline
+from tests.integration.scenario import END, FIRST, assert_exactly_once, run, setup
+
+COLUMNS = ["action", "wallet", "amount", "properties"]
+
+
+@pytest.fixture
+def config(tmp_path, warehouse, fast_sandbox):
+    warehouse.fill(3000, days=4, end=END)
+    path = write_pipeline(tmp_path / "p.yaml", warehouse, fast_sandbox.url, FIRST.isoformat())
+    return load_pipeline(path)
+
+
+@pytest.fixture
+def source(config):
+    """The same source, read here."""
+    source = Source(config)
+    yield source
+    source.engine.dispose()
+
+
+def chunks_of(reader, day, after=None):
+    chunks = reader.read_tuples(day, COLUMNS, after)
+    return [(names, [tuple(r) for r in rows]) for names, rows in chunks]
+
+
+def test_it_reads_what_the_source_reads(config, source):
+    reader = ReaderProcess(config)
+    try:
+        expected = chunks_of(source, FIRST)
+        assert len(expected) > 1  # several chunks of 500 rows
+        assert chunks_of(reader, FIRST) == expected
+        pid = reader.proc.pid
+        after = expected[0][1][-1][:2]  # from a cursor, as a resumed partition
+        assert chunks_of(reader, FIRST, after) == chunks_of(source, FIRST, after)
+        assert reader.proc.pid == pid  # one child for the run
+    finally:
+        reader.close()
+    assert reader.proc is None
+
+
+def test_an_error_in_the_child_is_raised_here_and_the_child_goes_on(config):
+    reader = ReaderProcess(config)
+    try:
+        with pytest.raises(KeyError, match="no_such_column"):
+            list(reader.read_tuples(FIRST, ["no_such_column"]))
+        assert chunks_of(reader, FIRST)  # the same child reads on
+    finally:
+        reader.close()
+
+
+def test_a_child_that_dies_is_an_error_that_says_so(config, source):
+    reader = ReaderProcess(config)
+    try:
+        assert chunks_of(reader, FIRST)
+        os.kill(reader.proc.pid, signal.SIGKILL)  # between two days
+        reader.proc.wait()
+        with pytest.raises(SourceError, match=r"the reader process stopped \(exit code -9\)"):
+            list(reader.read_tuples(FIRST, COLUMNS))
+        assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)  # a new child
+    finally:
+        reader.close()
+
+
+def test_a_day_left_half_read_does_not_leak_into_the_next(config, source):
+    reader = ReaderProcess(config)
+    try:
+        chunks = reader.read_tuples(FIRST, COLUMNS)
+        next(chunks)
+        chunks.close()  # the engine stopped in the middle of the day
+        assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
+    finally:
+        reader.close()
+
+
+def test_a_stream_left_open_neither_mixes_with_the_next_nor_stops_it(config, source):
+    reader = ReaderProcess(config)
+    try:
+        left = reader.read_tuples(FIRST, COLUMNS)
+        next(left)  # not closed: the caller still holds it
+        assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
+        pid = reader.proc.pid
+        left.close()  # late: the reader has moved on
+        assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
+        assert reader.proc.pid == pid
+    finally:
+        reader.close()
+
+
+def test_an_error_that_cannot_travel_travels_as_its_text():
+    class Unpicklable(Exception):
+        def __init__(self) -> None:
+            super().__init__("the driver broke")
+            self.lock = threading.Lock()
+
+    import pickle
+
+    error = pickle.loads(_error(Unpicklable()))
+    assert isinstance(error, SourceError)
+    assert "reading the warehouse failed" in str(error) and "the driver broke" in str(error)
+
+
+def test_a_backfill_through_the_reader_process(tmp_path, warehouse, sandbox, clock, monkeypatch):
+    started = []
+    original = ReaderProcess._start
+    monkeypatch.setattr(ReaderProcess, "_start", lambda self: started.append(1) or original(self))
+    path = setup(tmp_path, warehouse, sandbox)
+    text = path.read_text().replace("chunk_size: 500", "chunk_size: 500\n  reader_process: true")
+    path.write_text(text)
+    report = run(path, clock)
+    assert report.ok and started
+    assert_exactly_once(path, warehouse, sandbox)
+
+
+def test_when_a_run_reads_in_a_second_process(config):
+    source, fast = config.source, MIN_CEILING
+    if (os.cpu_count() or 1) > 1:
+        assert use_reader_process(source, MIN_ROWS, fast)
+    assert not use_reader_process(source, MIN_ROWS - 1, fast)  # its start would cost more
+    assert not use_reader_process(source, 10**9, MIN_CEILING - 1)  # the vendor sets the pace
+    assert not use_reader_process(source.model_copy(update={"reader_process": False}), 10**9, fast)
+    assert use_reader_process(source.model_copy(update={"reader_process": True}), 1, 1)
+    in_memory = source.model_copy(update={"url": "sqlite://"})
+    assert not use_reader_process(in_memory, 10**9, fast)  # auto: it could not open it
