@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from typing import IO, Any, Protocol
 
 from etl.batching import Batcher
@@ -21,6 +22,7 @@ from etl.config import DestinationConfig, SourceConfig
 from etl.errors import AccountingError
 from etl.events import Batch, Position, SendResult
 from etl.mapping import Mapper, mapping_fingerprint
+from etl.reader import ReaderProcess
 from etl.sender import Sender
 from etl.source import Chunks, Source
 from etl.state import StateStore
@@ -88,7 +90,16 @@ class DestinationContext:
     source_config: SourceConfig
     store: StateStore | None
     sender: Sender | None
-    reader: ChunkReader | None = None  # where the rows are read; None: the source, here
+    reader: ReaderProcess | None = None  # reads the rows in a second process; None: here
+
+    @cached_property
+    def mapper(self) -> Mapper:
+        return Mapper(self.name, self.config, self.source_config, self.vendor)
+
+    def read_tuples(self, day: date, after: Position | None) -> Chunks:
+        """The day's rows after ``after``, in chunks, with the columns the mapping needs."""
+        reader = self.reader or self.source
+        return reader.read_tuples(day, self.mapper.columns, after)
 
     @property
     def fingerprint(self) -> str:
@@ -117,14 +128,6 @@ class DestinationContext:
     def batches_in_flight(self) -> int:
         """Batches sent at once: each array request is one; single-event waves overlap by three."""
         return self.config.max_in_flight if self.vendor.endpoint().json_array else 3
-
-
-class ChunkReader(Protocol):
-    """``Source.read_tuples``, in this process (the Source) or another (``ReaderProcess``)."""
-
-    def read_tuples(
-        self, day: date, columns: Iterable[str], after: Position | None = None
-    ) -> Chunks: ...
 
 
 class BatchSink(Protocol):
@@ -249,10 +252,9 @@ def submit_partition(
     on_rows: RowsCallback | None = None,
 ) -> None:
     """Read the day after ``cursor``, map every row, cut batches, hand them all to the sink."""
-    mapper = Mapper(ctx.name, ctx.config, ctx.source_config, ctx.vendor)
-    reader = ctx.reader or ctx.source
+    mapper = ctx.mapper
     # closed at once if this stops half-way: the reader may be asked for the next day
-    with closing(reader.read_tuples(day, mapper.columns, after=cursor)) as chunks:
+    with closing(ctx.read_tuples(day, cursor)) as chunks:
         for names, chunk in chunks:
             # mapped and encoded a slice at a time: as fast, and far less memory than a whole
             # chunk
@@ -285,6 +287,7 @@ class PartitionRun:
     ) -> None:
         self.ctx = ctx
         self.day = day
+        self.restart = restart
         self.partition = day.isoformat()
         self.report = PartitionReport(ctx.name, self.partition)
         self.dry_run = dry_run
@@ -303,8 +306,25 @@ class PartitionRun:
             ranges = store.in_doubt_ranges(ctx.name, self.partition)
             self.sink = DeliverySink(ctx, self.partition, self.report, ranges)
 
-    def submit(self, on_rows: RowsCallback | None = None) -> None:
+    def _read_ahead(self, next_day: date) -> None:
+        """With a reader process, have it read ``next_day`` as soon as this day is read, from
+        where that partition will start; if it starts elsewhere, the reader starts afresh."""
+        reader = self.ctx.reader
+        if reader is None:
+            return
+        columns = self.ctx.mapper.columns
+        reader.ask(self.day, columns, self.cursor)
+        after = None
+        if self.dry_run is None and not self.restart and self.ctx.store is not None:
+            checkpoint = self.ctx.store.load(self.ctx.name, next_day.isoformat())
+            after = checkpoint.cursor if checkpoint is not None else None
+        reader.ask(next_day, columns, after)
+
+    def submit(self, on_rows: RowsCallback | None = None, next_day: date | None = None) -> None:
+        """Read, map and send the day; ``next_day``: the day the run sends next, read ahead."""
         try:
+            if next_day is not None:
+                self._read_ahead(next_day)
             submit_partition(self.ctx, self.day, self.cursor, self.batcher, self.sink, on_rows)
         except BaseException as exc:
             self.abort(exc)

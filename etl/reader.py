@@ -6,19 +6,20 @@ mapping, encoding and sending, all in one interpreter, which runs one thread at 
 last: on two cores or more, a large run goes about half as fast again.
 
 The child is ``python -m etl.reader``, started on first use and kept for the run. It gets the
-pipeline (the source's URL and table) and then one request per partition, and sends back the
-chunks ``Source.read_tuples`` gives, over pipes private to the two processes.
+pipeline (the source's URL and table) and then one request per partition, which it reads in
+order, and sends back the chunks ``Source.read_tuples`` gives, over pipes private to the two
+processes. The run asks for the next day while it sends this one, so the child never waits.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import pickle
 import subprocess
 import sys
 import traceback
+from collections import deque
 from collections.abc import Iterable
 from datetime import date
 from multiprocessing.connection import Connection
@@ -41,7 +42,8 @@ def use_reader_process(source: SourceConfig, rows: int, ceiling: float) -> bool:
     """``source.reader_process`` (true, false or "auto") for a run of ``rows`` rows to a
     destination whose rate limit lets ``ceiling`` events a second through."""
     if source.reader_process == "auto":
-        enough = rows >= MIN_ROWS and ceiling >= MIN_CEILING and (os.cpu_count() or 1) > 1
+        cores = (os.cpu_count() or 1) > 1 and os.name == "posix"  # it passes pipes by number
+        enough = rows >= MIN_ROWS and ceiling >= MIN_CEILING and cores
         return enough and single_process_only(source.url) is None
     return source.reader_process  # true was checked against the URL when the file was loaded
 
@@ -55,6 +57,7 @@ class ReaderProcess:
         self._requests: Connection | None = None
         self._chunks: Connection | None = None
         self._reading: object | None = None  # the stream the child is sending, if unfinished
+        self._asked: deque[tuple[date, list[str], Position | None]] = deque()  # not read yet
 
     def _start(self) -> tuple[Connection, Connection]:
         if self._requests is not None and self._chunks is not None:
@@ -62,10 +65,17 @@ class ReaderProcess:
         request_read, request_write = os.pipe()
         chunk_read, chunk_write = os.pipe()
         with contextlib.suppress(OSError, AttributeError):  # Linux only; a smaller pipe works
+            import fcntl
+
             fcntl.fcntl(chunk_write, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         command = [sys.executable, "-m", "etl.reader", str(request_read), str(chunk_write)]
         try:
-            self.proc = subprocess.Popen(command, pass_fds=(request_read, chunk_write))
+            self.proc = subprocess.Popen(
+                command,
+                pass_fds=(request_read, chunk_write),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # not the run's: a pipe reading it would wait for us
+            )
         finally:
             os.close(request_read)
             os.close(chunk_write)
@@ -74,19 +84,29 @@ class ReaderProcess:
         self._requests.send(self.config)
         return self._requests, self._chunks
 
+    def ask(self, day: date, columns: Iterable[str], after: Position | None = None) -> None:
+        """Have the child read this day after what it was asked before, ahead of the run, so
+        that the next day's first chunk is ready when this day's last one is sent."""
+        request = (day, list(columns), after)
+        if request in self._asked:
+            return
+        requests, _ = self._start()
+        self._asked.append(request)
+        with contextlib.suppress(OSError):  # it died: read_tuples says so
+            requests.send(request)
+
     def read_tuples(
         self, day: date, columns: Iterable[str], after: Position | None = None
     ) -> Chunks:
         """What ``Source.read_tuples`` gives, read by the child."""
-        if self._reading is not None:  # a day left half-read: the child would send on with it
-            self.close()
-        requests, chunks = self._start()
+        request = (day, list(columns), after)
+        if self._reading is not None or (self._asked and self._asked[0] != request):
+            self.close()  # a day left half-read, or read ahead from another cursor: start afresh
+        self.ask(*request)
+        assert self._chunks is not None
+        chunks = self._chunks
         self._reading = stream = object()
         try:
-            try:
-                requests.send((day, list(columns), after))
-            except OSError:  # it died since the last day
-                raise SourceError(f"the reader process stopped ({self._exit()})") from None
             while True:
                 try:
                     kind, value = chunks.recv()
@@ -95,7 +115,8 @@ class ReaderProcess:
                 if kind == "chunk":
                     yield value
                     continue
-                self._reading = None  # the child waits for the next request
+                self._reading = None  # the child goes on with what was asked next
+                self._asked.popleft()
                 if kind == "end":
                     return
                 raise pickle.loads(value)
@@ -119,6 +140,7 @@ class ReaderProcess:
             if conn is not None:
                 conn.close()
         self._requests = self._chunks = self._reading = None
+        self._asked.clear()
         try:
             self.proc.wait(timeout=5)  # it ends when its request pipe closes
         except subprocess.TimeoutExpired:

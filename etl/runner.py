@@ -300,10 +300,10 @@ def _run_destination(
     finisher = ThreadPoolExecutor(1, thread_name_prefix=f"finish-{name}")
     finishing: tuple[date, Future[PartitionReport]] | None = None
     try:
-        for day in days:
+        for day, next_day in zip(days, [*days[1:], None], strict=True):
             run = PartitionRun(ctx, day, restart=restart, dry_run=out)
             try:
-                run.submit(on_rows=bar.update)
+                run.submit(on_rows=bar.update, next_day=next_day)
             except DeliveryError as exc:
                 if finishing is not None:
                     collect(*finishing)

@@ -60,25 +60,29 @@ SIZES = {
     "thrivestack": {"batch_size": 25},
     "airship": {"batch_size": 10},
 }
-# Fuul on both warehouses; the other vendors on SQLite, to keep the suite short.
+# Fuul on both warehouses, and reading in a second process; the other vendors on SQLite, to
+# keep the suite short.
 CASES = [
-    ("fuul", "sqlite"),
-    pytest.param("fuul", "postgresql", marks=pytest.mark.postgres),
-    ("torque", "sqlite"),
-    ("thrivestack", "sqlite"),
-    ("airship", "sqlite"),
+    ("fuul", "sqlite", False),
+    pytest.param("fuul", "postgresql", False, marks=pytest.mark.postgres),
+    ("fuul", "sqlite", True),
+    ("torque", "sqlite", False),
+    ("thrivestack", "sqlite", False),
+    ("airship", "sqlite", False),
 ]
 
 
-@pytest.mark.parametrize(("vendor", "database"), CASES)
-def test_sigkill_at_several_points_then_resume(tmp_path: Path, vendor: str, database: str):
+@pytest.mark.parametrize(("vendor", "database", "reader"), CASES)
+def test_sigkill_at_several_points_then_resume(
+    tmp_path: Path, vendor: str, database: str, reader: bool
+):
     """Every valid event arrives; a copy beyond the first only where the vendor doesn't dedup,
     and never more than reported in doubt; bad rows are dead letters; partitions balance."""
     with warehouse_of(database, tmp_path) as warehouse:
-        _crash_and_resume(tmp_path, warehouse, vendor)
+        _crash_and_resume(tmp_path, warehouse, vendor, reader)
 
 
-def _crash_and_resume(tmp_path: Path, warehouse: Warehouse, vendor: str) -> None:
+def _crash_and_resume(tmp_path: Path, warehouse: Warehouse, vendor: str, reader: bool) -> None:
     sizes = SIZES[vendor]
     server = start_sandbox(time_scale=600)
     server.sandbox.set_faults(vendor, latency_ms=15, lose_rate=0.03)
@@ -87,6 +91,11 @@ def _crash_and_resume(tmp_path: Path, warehouse: Warehouse, vendor: str) -> None
             tmp_path, warehouse, server, rows=1500, vendor=vendor, end=RECENT_END, max_in_flight=4,
             max_attempts=20, rate_limit={"requests": 100, "per_seconds": 1}, **sizes,
         )  # fmt: skip
+        if reader:  # a killed run's reader process ends too (or communicate() would wait)
+            text = path.read_text().replace("chunk_size: 500", "chunk_size: 100")
+            path.write_text(
+                text.replace("table: user_actions", "table: user_actions\n  reader_process: true")
+            )
         total = sum(expected_payloads(path).values())
         for fraction in (0.1, 0.35, 0.6, 0.85):
             proc = start_run(path)

@@ -3,6 +3,7 @@
 import os
 import signal
 import threading
+from datetime import timedelta
 
 import pytest
 
@@ -49,6 +50,25 @@ def test_it_reads_what_the_source_reads(config, source):
     finally:
         reader.close()
     assert reader.proc is None
+
+
+def test_days_asked_ahead_are_read_in_turn(config, source):
+    second = FIRST + timedelta(days=1)
+    reader = ReaderProcess(config)
+    try:
+        reader.ask(FIRST, COLUMNS)
+        reader.ask(second, COLUMNS)
+        assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
+        pid = reader.proc.pid
+        assert chunks_of(reader, second) == chunks_of(source, second)
+        assert reader.proc.pid == pid  # read ahead by the same child
+        # asked from one cursor, read from another (the partition moved on): read afresh
+        after = chunks_of(source, FIRST)[0][1][-1][:2]
+        reader.ask(FIRST, COLUMNS)
+        assert chunks_of(reader, FIRST, after) == chunks_of(source, FIRST, after)
+        assert reader.proc.pid != pid
+    finally:
+        reader.close()
 
 
 def test_an_error_in_the_child_is_raised_here_and_the_child_goes_on(config):
