@@ -1,6 +1,7 @@
 """The reader process: the chunks the source gives, read in a child process (SQLite, PostgreSQL)."""
 
 import os
+import pickle
 import signal
 import threading
 from datetime import timedelta
@@ -119,15 +120,19 @@ def test_a_stream_left_open_neither_mixes_with_the_next_nor_stops_it(config, sou
         reader.close()
 
 
-def test_an_error_that_cannot_travel_travels_as_its_text():
+@pytest.mark.parametrize("kind", ["unpicklable", "not rebuilt from its args"])
+def test_an_error_that_cannot_travel_travels_as_its_text(kind):
     class Unpicklable(Exception):
         def __init__(self) -> None:
             super().__init__("the driver broke")
             self.lock = threading.Lock()
 
-    import pickle
+    class TwoArgs(Exception):
+        def __init__(self, what: str, where: str) -> None:
+            super().__init__(f"the driver broke {what} {where}")
 
-    error = pickle.loads(_error(Unpicklable()))
+    exc = Unpicklable() if kind == "unpicklable" else TwoArgs("at", "row 7")
+    error = pickle.loads(_error(exc))
     assert isinstance(error, SourceError)
     assert "reading the warehouse failed" in str(error) and "the driver broke" in str(error)
 
