@@ -167,7 +167,9 @@ class SourceConfig(_Model):
     timezone: str = "UTC"
     chunk_size: int = Field(default=5000, gt=0)
     reader_process: bool | Literal["auto"] = Field(
-        default="auto", description="read in a second process; auto: runs of 50,000 rows or more"
+        default="auto",
+        description="read in a second process; auto: runs of 50,000+ rows whose rate limit "
+        "passes 20,000 events/s, on 2+ cores",
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -234,8 +234,10 @@ def test_single_event_endpoint(tmp_path, warehouse, sandbox, clock):
     assert_exactly_once(path, warehouse, sandbox)
 
 
-def test_query_source_with_text_timestamps(tmp_path, warehouse, sandbox, clock):
-    """A query kept in a .sql file, whose timestamp is text with a 'T' and a 'Z'."""
+@pytest.mark.parametrize("reader", [False, True], ids=["here", "reader process"])
+def test_query_source_with_text_timestamps(tmp_path, warehouse, sandbox, clock, reader):
+    """A query kept in a .sql file, whose timestamp is text with a 'T' and a 'Z' (read here, or
+    by the reader process, which finds the file as this one does)."""
     warehouse.fill(400, days=4, end=END)
     table = warehouse.table()
     if warehouse.kind == "sqlite":
@@ -248,7 +250,7 @@ def test_query_source_with_text_timestamps(tmp_path, warehouse, sandbox, clock):
     )
     path = write_pipeline(
         tmp_path / "pipeline.yaml", warehouse, sandbox.url, FIRST.isoformat(),
-        source={"table": None, "query": "actions.sql", "timestamp_column": "happened", "timestamp_type": "text"},
+        source={"table": None, "query": "actions.sql", "timestamp_column": "happened", "timestamp_type": "text", "reader_process": reader},
     )  # fmt: skip
     doc = path.read_text().replace("  table: null\n", "")
     path.write_text(doc)
