@@ -268,6 +268,8 @@ def _run_destination(
         remaining -= sum(cp.rows_read for cp in store.checkpoints_of(name) if cp.partition in done)
     if use_reader_process(config.source, remaining, ctx.ceiling):
         ctx.reader = reader
+        if log:
+            log(f"{name}: {remaining:,} rows to read: a second process reads them")
     started = time.monotonic()
     bar = tqdm(
         total=max(remaining, 0),

@@ -144,8 +144,10 @@ def test_a_backfill_through_the_reader_process(tmp_path, warehouse, sandbox, clo
     path = setup(tmp_path, warehouse, sandbox)
     text = path.read_text().replace("chunk_size: 500", "chunk_size: 500\n  reader_process: true")
     path.write_text(text)
-    report = run(path, clock)
+    said = []
+    report = run(path, clock, log=said.append)
     assert report.ok and started
+    assert said == ["fuul_rewards: 1,200 rows to read: a second process reads them"]
     assert_exactly_once(path, warehouse, sandbox)
 
 
