@@ -12,7 +12,7 @@ from etl.config import load_pipeline
 from etl.errors import SourceError
 from etl.reader import MIN_CEILING, MIN_ROWS, ReaderProcess, _error, use_reader_process
 from etl.source import Source
-from tests.conftest import write_pipeline
+from tests.conftest import warehouse_of, write_pipeline
 from tests.integration.scenario import END, FIRST, assert_exactly_once, run, setup
 
 COLUMNS = ["action", "wallet", "amount", "properties"]
@@ -161,3 +161,20 @@ def test_when_a_run_reads_in_a_second_process(config):
     assert use_reader_process(source.model_copy(update={"reader_process": True}), 1, 1)
     in_memory = source.model_copy(update={"url": "sqlite://"})
     assert not use_reader_process(in_memory, 10**9, fast)  # auto: it could not open it
+
+
+def test_a_child_that_dies_in_the_middle_of_a_day(tmp_path, fast_sandbox):
+    """A day larger than the pipe holds: the child is still sending when it is killed."""
+    with warehouse_of("sqlite", tmp_path) as warehouse:
+        warehouse.fill(30_000, days=1, end=END)
+        day = END - timedelta(days=1)
+        path = write_pipeline(tmp_path / "p.yaml", warehouse, fast_sandbox.url, day.isoformat())
+        reader = ReaderProcess(load_pipeline(path))
+        try:
+            chunks = reader.read_tuples(day, COLUMNS)
+            next(chunks)
+            os.kill(reader.proc.pid, signal.SIGKILL)
+            with pytest.raises(SourceError, match=r"the reader process stopped \(exit code -9\)"):
+                list(chunks)
+        finally:
+            reader.close()
