@@ -531,7 +531,7 @@ def floor_child(pipeline: Path, first: date, last: date) -> float:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--floor":
-        from etl.runner import tuned_interpreter
+        from etl.interpreter import tuned_interpreter
 
         with tuned_interpreter(paced=False):
             dates = [date.fromisoformat(a) for a in sys.argv[3:5]]

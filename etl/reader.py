@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import traceback
@@ -27,6 +28,7 @@ from multiprocessing.connection import Connection
 from etl.config import PipelineConfig, SourceConfig, single_process_only
 from etl.errors import SourceError
 from etl.events import Position
+from etl.interpreter import tuned_interpreter
 from etl.source import Chunks, Source
 
 # "auto" reads in a second process from this many rows on (under it, the child's start, about
@@ -162,12 +164,12 @@ def _error(exc: BaseException) -> bytes:
 
 def serve(requests: Connection, chunks: Connection) -> None:
     """The child: read what is asked, a partition at a time, until the parent closes the pipe."""
-    import gc
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it closes
-    gc.freeze()  # as in a run (runner.tuned_interpreter): rows are many short-lived tuples
-    gc.set_threshold(20_000)
+    with tuned_interpreter(paced=False):  # as a run: rows are many short-lived tuples
+        _serve(requests, chunks)
+
+
+def _serve(requests: Connection, chunks: Connection) -> None:
     source: Source | None = None
     try:
         config: PipelineConfig = requests.recv()
@@ -178,8 +180,8 @@ def serve(requests: Connection, chunks: Connection) -> None:
                     source = Source(config)
                 for names, rows in source.read_tuples(day, columns, after):
                     chunks.send(("chunk", (names, [tuple(r) for r in rows])))
-            except (BrokenPipeError, EOFError):
-                raise
+            except BrokenPipeError:
+                raise  # the run is gone: not an error to send it
             except Exception as exc:
                 chunks.send(("error", _error(exc)))
             else:

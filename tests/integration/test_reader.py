@@ -33,91 +33,76 @@ def source(config):
     source.engine.dispose()
 
 
+@pytest.fixture
+def reader(config):
+    """The reader process of that pipeline, stopped after the test."""
+    reader = ReaderProcess(config)
+    yield reader
+    reader.close()
+
+
 def chunks_of(reader, day, after=None):
     chunks = reader.read_tuples(day, COLUMNS, after)
     return [(names, [tuple(r) for r in rows]) for names, rows in chunks]
 
 
-def test_it_reads_what_the_source_reads(config, source):
-    reader = ReaderProcess(config)
-    try:
-        expected = chunks_of(source, FIRST)
-        assert len(expected) > 1  # several chunks of 500 rows
-        assert chunks_of(reader, FIRST) == expected
-        pid = reader.proc.pid
-        after = expected[0][1][-1][:2]  # from a cursor, as a resumed partition
-        assert chunks_of(reader, FIRST, after) == chunks_of(source, FIRST, after)
-        assert reader.proc.pid == pid  # one child for the run
-    finally:
-        reader.close()
+def test_it_reads_what_the_source_reads(source, reader):
+    expected = chunks_of(source, FIRST)
+    assert len(expected) > 1  # several chunks of 500 rows
+    assert chunks_of(reader, FIRST) == expected
+    pid = reader.proc.pid
+    after = expected[0][1][-1][:2]  # from a cursor, as a resumed partition
+    assert chunks_of(reader, FIRST, after) == chunks_of(source, FIRST, after)
+    assert reader.proc.pid == pid  # one child for the run
+    reader.close()
     assert reader.proc is None
 
 
-def test_days_asked_ahead_are_read_in_turn(config, source):
+def test_days_asked_ahead_are_read_in_turn(source, reader):
     second = FIRST + timedelta(days=1)
-    reader = ReaderProcess(config)
-    try:
-        reader.ask(FIRST, COLUMNS)
-        reader.ask(second, COLUMNS)
-        assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
-        pid = reader.proc.pid
-        assert chunks_of(reader, second) == chunks_of(source, second)
-        assert reader.proc.pid == pid  # read ahead by the same child
-        # asked from one cursor, read from another (the partition moved on): read afresh
-        after = chunks_of(source, FIRST)[0][1][-1][:2]
-        reader.ask(FIRST, COLUMNS)
-        assert chunks_of(reader, FIRST, after) == chunks_of(source, FIRST, after)
-        assert reader.proc.pid != pid
-    finally:
-        reader.close()
+    reader.ask(FIRST, COLUMNS)
+    reader.ask(second, COLUMNS)
+    assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
+    pid = reader.proc.pid
+    assert chunks_of(reader, second) == chunks_of(source, second)
+    assert reader.proc.pid == pid  # read ahead by the same child
+    # asked from one cursor, read from another (the partition moved on): read afresh
+    after = chunks_of(source, FIRST)[0][1][-1][:2]
+    reader.ask(FIRST, COLUMNS)
+    assert chunks_of(reader, FIRST, after) == chunks_of(source, FIRST, after)
+    assert reader.proc.pid != pid
 
 
-def test_an_error_in_the_child_is_raised_here_and_the_child_goes_on(config):
-    reader = ReaderProcess(config)
-    try:
-        with pytest.raises(KeyError, match="no_such_column"):
-            list(reader.read_tuples(FIRST, ["no_such_column"]))
-        assert chunks_of(reader, FIRST)  # the same child reads on
-    finally:
-        reader.close()
+def test_an_error_in_the_child_is_raised_here_and_the_child_goes_on(reader):
+    with pytest.raises(KeyError, match="no_such_column"):
+        list(reader.read_tuples(FIRST, ["no_such_column"]))
+    assert chunks_of(reader, FIRST)  # the same child reads on
 
 
-def test_a_child_that_dies_is_an_error_that_says_so(config, source):
-    reader = ReaderProcess(config)
-    try:
-        assert chunks_of(reader, FIRST)
-        os.kill(reader.proc.pid, signal.SIGKILL)  # between two days
-        reader.proc.wait()
-        with pytest.raises(SourceError, match=r"the reader process stopped \(exit code -9\)"):
-            list(reader.read_tuples(FIRST, COLUMNS))
-        assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)  # a new child
-    finally:
-        reader.close()
+def test_a_child_that_dies_is_an_error_that_says_so(source, reader):
+    assert chunks_of(reader, FIRST)
+    os.kill(reader.proc.pid, signal.SIGKILL)  # between two days
+    reader.proc.wait()
+    with pytest.raises(SourceError, match=r"the reader process stopped \(exit code -9\)"):
+        list(reader.read_tuples(FIRST, COLUMNS))
+    assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)  # a new child
 
 
-def test_a_day_left_half_read_does_not_leak_into_the_next(config, source):
-    reader = ReaderProcess(config)
-    try:
-        chunks = reader.read_tuples(FIRST, COLUMNS)
-        next(chunks)
-        chunks.close()  # the engine stopped in the middle of the day
-        assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
-    finally:
-        reader.close()
+def test_a_day_left_half_read_does_not_leak_into_the_next(source, reader):
+    chunks = reader.read_tuples(FIRST, COLUMNS)
+    next(chunks)
+    chunks.close()  # the engine stopped in the middle of the day
+    assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
 
 
-def test_a_stream_left_open_neither_mixes_with_the_next_nor_stops_it(config, source):
-    reader = ReaderProcess(config)
-    try:
-        left = reader.read_tuples(FIRST, COLUMNS)
-        next(left)  # not closed: the caller still holds it
-        assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
-        pid = reader.proc.pid
-        left.close()  # late: the reader has moved on
-        assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
-        assert reader.proc.pid == pid
-    finally:
-        reader.close()
+def test_a_stream_left_open_neither_mixes_with_the_next_nor_stops_it(source, reader):
+    left = reader.read_tuples(FIRST, COLUMNS)
+    next(left)  # not closed: the caller still holds it
+    assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
+    pid = reader.proc.pid
+    left.close()  # late: the reader has moved on
+    assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
+    assert reader.proc.pid == pid
 
 
 @pytest.mark.parametrize("kind", ["unpicklable", "not rebuilt from its args"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 
-from etl.runner import tuned_interpreter
+from etl.interpreter import tuned_interpreter
 
 
 def test_settings_are_restored_after_the_last_of_overlapping_runs():
