@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from dagster_project.factory import build_definitions
-from etl.config import load_pipeline
+from etl.loader import load_pipeline
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
 

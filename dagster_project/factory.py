@@ -12,7 +12,8 @@ import dagster as dg
 
 from dagster_project.resources import build_resources, credentials_key
 from etl.config import PipelineConfig
-from etl.runner import DestinationReport, run_backfill
+from etl.reports import DestinationReport
+from etl.runner import run_backfill
 from etl.source import Source
 from etl.state import Checkpoint, open_store
 

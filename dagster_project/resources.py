@@ -3,15 +3,11 @@ at run time through EnvVar, so that no secret is shown in the UI or written to a
 
 from __future__ import annotations
 
-import re
-
 import dagster as dg
 from sqlalchemy.engine import make_url
 
-from etl.config import PipelineConfig
+from etl.config import PipelineConfig, credential_variable
 from etl.errors import ConfigError
-
-_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
 class WarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -60,10 +56,6 @@ def build_resources(config: PipelineConfig, warehouse_url_env: str | None) -> di
         url = config.source.url
     resources: dict[str, object] = {"warehouse": WarehouseResource(url=url)}
     for name, dest in config.destinations.items():
-        values = {}
-        for key, ref in dest.credentials.items():
-            match = _ENV_REF.match(ref)
-            assert match is not None  # validated when the file was loaded
-            values[key] = dg.EnvVar(match.group(1))
+        values = {key: dg.EnvVar(credential_variable(ref)) for key, ref in dest.credentials.items()}
         resources[credentials_key(name)] = CredentialsResource(**values)
     return resources

@@ -1,26 +1,34 @@
-"""The pipeline file: typed, validated on load, with errors that name the file and the key.
+"""The pipeline file's typed models, each key declared once with its rules.
 
-Values may reference the environment as ``${VAR}`` or ``${VAR:-default}``. Credentials must be
-such a reference and nothing else; they are resolved only when a run starts
-(:func:`resolve_credentials`), so a secret is never stored in the config object.
+Reading and checking a file is :mod:`etl.loader`'s job. Credentials are kept here as references
+(``${VAR}``) and nothing else; they are resolved only when a run starts
+(:func:`etl.loader.resolve_credentials`), so a secret is never stored in the config object.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from etl.database import single_process_only
 from etl.errors import ConfigError
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def credential_variable(ref: str) -> str:
+    """The environment variable a credential reference (``${VAR}``) names."""
+    match = _SECRET_REF.match(ref)
+    if match is None:
+        raise ValueError(f"not an environment reference: {ref!r}")
+    return match.group(1)
+
+
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 Scalar = str | int | float | bool
@@ -197,22 +205,6 @@ class SourceConfig(_Model):
         return self
 
 
-def single_process_only(url: str) -> str | None:
-    """Why a second process cannot read this database, or None if it can."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        return None  # the source says what is wrong with it when it opens it
-    if parsed.get_backend_name() == "duckdb":
-        return "DuckDB lets one process at a time open a database file"
-    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        return "an in-memory SQLite database cannot be read from another process"
-    return None
-
-
 class StateConfig(_Model):
     """Where checkpoints, the batch ledger and dead letters are written (default: the source DB)."""
 
@@ -261,6 +253,18 @@ class PipelineConfig(_Model):
                 )
         return value
 
+    def destination_names(self, names: list[str] | None = None) -> list[str]:
+        """The destinations asked for by name, checked; by default every enabled one."""
+        if not names:
+            return [n for n, d in self.destinations.items() if d.enabled]
+        unknown = [n for n in names if n not in self.destinations]
+        if unknown:
+            raise ConfigError(
+                f"unknown destination(s) {', '.join(unknown)}; the pipeline file has "
+                f"{', '.join(self.destinations)}"
+            )
+        return names
+
     @property
     def state_url(self) -> str:
         return self.state.url or self.source.url
@@ -277,78 +281,3 @@ class PipelineConfig(_Model):
             raise ConfigError(
                 f"{self.path}: source.query: cannot read {query_path}: {exc}"
             ) from exc
-
-
-def _expand(value: Any, where: str, file: Path) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string except credentials."""
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            sub = f"{where}.{key}" if where else str(key)
-            out[key] = item if key == "credentials" else _expand(item, sub, file)
-        return out
-    if isinstance(value, list):
-        return [_expand(item, f"{where}[{i}]", file) for i, item in enumerate(value)]
-    if isinstance(value, str):
-
-        def repl(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            found = os.environ.get(name)
-            if found is not None:
-                return found
-            if default is not None:
-                return default
-            raise ConfigError(f"{file}: {where}: environment variable {name} is not set")
-
-        return _ENV_REF.sub(repl, value)
-    return value
-
-
-def _format_validation_error(file: Path, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{file}: {loc}: {err['msg']}")
-    return "\n".join(lines)
-
-
-def load_pipeline(path: str | Path) -> PipelineConfig:
-    """Read and validate a pipeline file; raise ConfigError naming the file and the key."""
-    file = Path(path)
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read the pipeline file: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: the pipeline file must be a mapping of keys")
-    expanded = _expand(raw, "", file)
-    try:
-        config = PipelineConfig.model_validate({**expanded, "path": file})
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(file, exc)) from None
-    # Vendor-specific checks (known vendor, options, mapping rules) live with each vendor.
-    from etl.vendors import check_destination
-
-    for name, dest in config.destinations.items():
-        for problem in check_destination(dest):
-            raise ConfigError(f"{file}: destinations.{name}.{problem}")
-    return config
-
-
-def resolve_credentials(name: str, dest: DestinationConfig) -> dict[str, str]:
-    """Read a destination's credentials from the environment; called when a run starts."""
-    resolved = {}
-    for key, ref in dest.credentials.items():
-        match = _SECRET_REF.match(ref)
-        assert match is not None  # validated on load
-        var = match.group(1)
-        value = os.environ.get(var)
-        if not value:
-            raise ConfigError(
-                f"destination {name!r}: environment variable {var} "
-                f"(credentials.{key}) is not set or empty"
-            )
-        resolved[key] = value
-    return resolved

@@ -6,10 +6,8 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 from etl.config import ArgSpec, DestinationConfig, EventNameFromColumn, SourceConfig
 from etl.events import (
@@ -22,81 +20,16 @@ from etl.events import (
     event_id_for,
     event_ids_for,
 )
-from etl.timestamps import TimestampError, _localize, to_utc, zone
+from etl.timestamps import TimestampError, localize, to_utc, zone
+from etl.values import (
+    ArgTypeError,
+    coerce_arg,
+    is_missing,
+    json_safe,
+    normalize,
+    parse_json_object,
+)
 from etl.vendors.base import Vendor
-
-_TRUE = {"true", "t", "yes", "y", "1"}
-_FALSE = {"false", "f", "no", "n", "0"}
-
-
-def is_missing(value: Any) -> bool:
-    if value is None:
-        return True
-    if type(value) is str:
-        return not value or value.isspace()
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and not value.strip()
-
-
-def json_safe(value: Any) -> Any:
-    """A JSON-serializable form of a warehouse value (for dead-letter rows and cursors)."""
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-class ArgTypeError(ValueError):
-    pass
-
-
-def coerce_arg(value: Any, kind: str) -> ArgValue:
-    """Convert a warehouse value to the declared parameter type, or raise ArgTypeError."""
-    if kind == "string":
-        if type(value) is str:
-            return value
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, float) and value.is_integer():
-            return str(int(value))
-        return str(json_safe(value))
-    if kind == "boolean":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int | float | Decimal) and value in (0, 1):
-            return bool(value)
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise ArgTypeError(f"not a boolean (got {str(value)[:40]!r})")
-    # number / integer
-    if isinstance(value, bool):
-        raise ArgTypeError(f"a boolean, not a {kind} (got {value!r})")
-    number: int | float
-    if isinstance(value, int):
-        number = value
-    else:
-        try:
-            number = float(value) if not isinstance(value, str) else float(value.strip())
-        except (TypeError, ValueError):
-            raise ArgTypeError(f"not a number (got {str(value)[:40]!r})") from None
-        if not math.isfinite(number):
-            raise ArgTypeError(f"not a finite number (got {value!r})")
-        if number.is_integer() and abs(number) < 2**53:
-            number = int(number)
-    if kind == "integer" and not isinstance(number, int):
-        raise ArgTypeError(f"not an integer (got {value!r})")
-    return number
 
 
 def mapping_fingerprint(source: SourceConfig, dest: DestinationConfig) -> str:
@@ -125,7 +58,7 @@ class Mapper:
         self.ts_type = source.timestamp_type
         self.tz = zone(source.timezone)
         self._filters = {
-            col: {_normalize(v) for v in allowed} for col, allowed in self.mapping.filter.items()
+            col: {normalize(v) for v in allowed} for col, allowed in self.mapping.filter.items()
         }
         self.columns = sorted(self.mapping.columns() | {self.key_column, self.ts_column})
         self._args = list(self.mapping.args.items())
@@ -134,7 +67,7 @@ class Mapper:
     def map_row(self, row: dict[str, Any]) -> RowOutcome:
         position = (row[self.ts_column], row[self.key_column])
         for col, allowed in self._filters.items():
-            if _normalize(row.get(col)) not in allowed:
+            if normalize(row.get(col)) not in allowed:
                 return Filtered(position)
         key = row[self.key_column]
         source_key = key if type(key) is str else str(json_safe(key))
@@ -159,56 +92,11 @@ class Mapper:
         through ``map_row``, so every event and every reason is the one ``map_row`` gives.
         """
         n = len(rows)
-        by_name = dict(zip(names, zip(*rows, strict=True), strict=True)) if n else {}
-        missing = (None,) * n
-
-        def column(name: str | None) -> Sequence[Any]:
-            return by_name.get(name, missing) if name is not None else missing
-
+        column = _column_reader(names, rows)
         positions = list(zip(column(self.ts_column), column(self.key_column), strict=True))
-        keep = [True] * n
-        for name, allowed in self._filters.items():
-            keep = [
-                k and (v if type(v) is str else _normalize(v)) in allowed
-                for k, v in zip(keep, column(name), strict=True)
-            ]
+        keep = self._kept(column, n)
         slow = [not k for k in keep]  # no fast path for filtered rows: they need none
-        times = self._times([p[0] for p in positions], slow)
-        event_names = self._names(column, n, slow)
-        users = _texts(column(self.mapping.user.column), slow)
-        user_types: list[str | None]
-        if self.mapping.user.type_column is not None:
-            user_types = list(_texts(column(self.mapping.user.type_column), slow))
-        else:
-            user_types = [self.mapping.user.type] * n
-        args = self._typed_columns(column, n, self._args, slow)
-        fields = self._typed_columns(column, n, self._fields, slow) if self._fields else None
-        props = (
-            self._properties(column(self.mapping.properties_column), slow)
-            if self.mapping.properties_column
-            else None
-        )
-
-        keys = [p[1] for p in positions]
-        source_keys = [
-            k if type(k) is str else str(k) if type(k) is int else str(json_safe(k)) for k in keys
-        ]
-        events = [
-            Event(*values)
-            for values in zip(
-                event_ids_for(self.destination, source_keys),
-                source_keys,
-                positions,
-                event_names,
-                users,
-                user_types,
-                times,
-                args,
-                fields or [{}] * n,
-                props or [{}] * n,
-                strict=True,
-            )
-        ]
+        events = self._events(column, positions, slow)
         validate = self.vendor.validate
         return [
             Filtered(positions[i])
@@ -218,6 +106,53 @@ class Mapper:
             else events[i]
             for i in range(n)
         ]
+
+    def _kept(self, column: _Column, n: int) -> list[bool]:
+        """Which rows pass every filter."""
+        keep = [True] * n
+        for name, allowed in self._filters.items():
+            keep = [
+                k and (v if type(v) is str else normalize(v)) in allowed
+                for k, v in zip(keep, column(name), strict=True)
+            ]
+        return keep
+
+    def _events(self, column: _Column, positions: list[Position], slow: list[bool]) -> list[Event]:
+        """Every row's event as the fast paths build it; rows they cannot decide are marked
+        ``slow`` (their event is then meaningless and ``map_row`` decides)."""
+        n = len(positions)
+        mapping = self.mapping
+        times = self._times([p[0] for p in positions], slow)
+        event_names = self._names(column, n, slow)
+        users = _texts(column(mapping.user.column), slow)
+        user_types: list[str | None]
+        if mapping.user.type_column is not None:
+            user_types = list(_texts(column(mapping.user.type_column), slow))
+        else:
+            user_types = [mapping.user.type] * n
+        args = self._typed_columns(column, n, self._args, slow)
+        fields = self._typed_columns(column, n, self._fields, slow) if self._fields else None
+        props = None
+        if mapping.properties_column:
+            props = self._properties(column(mapping.properties_column), slow)
+        source_keys = [
+            k if type(k) is str else str(k) if type(k) is int else str(json_safe(k))
+            for _, k in positions
+        ]
+        values = zip(
+            event_ids_for(self.destination, source_keys),
+            source_keys,
+            positions,
+            event_names,
+            users,
+            user_types,
+            times,
+            args,
+            fields or [{}] * n,
+            props or [{}] * n,
+            strict=True,
+        )
+        return [Event(*v) for v in values]
 
     def _times(self, values: list[Any], slow: list[bool]) -> list[datetime | None]:
         """Text and datetime timestamps in UTC; anything else is left to map_row."""
@@ -251,7 +186,7 @@ class Mapper:
                 slow[i] = True
                 continue
             try:
-                out[i] = _localize(parsed, tz)
+                out[i] = localize(parsed, tz)
             except TimestampError:
                 slow[i] = True
         return out
@@ -390,6 +325,18 @@ _Column = Callable[[str | None], Sequence[Any]]
 """A chunk's values of one column, by name (None: a column not mapped, all None)."""
 
 
+def _column_reader(names: list[str], rows: Sequence[Sequence[Any]]) -> _Column:
+    """The chunk's columns, each read once into a tuple."""
+    n = len(rows)
+    by_name = dict(zip(names, zip(*rows, strict=True), strict=True)) if n else {}
+    missing = (None,) * n
+
+    def column(name: str | None) -> Sequence[Any]:
+        return by_name.get(name, missing) if name is not None else missing
+
+    return column
+
+
 class _RowProblem(ValueError):
     """Why a row cannot become an event (the dead letter's reason)."""
 
@@ -415,30 +362,3 @@ def _add_arg(
     except ArgTypeError as exc:
         return f"{what} {name} (column {spec.column}): {exc}"
     return None
-
-
-def parse_json_object(value: Any) -> dict[str, Any]:
-    """A JSON object column's value (a dict from json/jsonb columns, or JSON text); {} if empty."""
-    if is_missing(value):
-        return {}
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if not isinstance(value, str):
-        raise ValueError(f"a {type(value).__name__} is not a JSON object")
-    try:
-        parsed = json.loads(value)
-    except ValueError:
-        raise ValueError("is not valid JSON") from None
-    if not isinstance(parsed, dict):
-        raise ValueError(f"holds a JSON {type(parsed).__name__}, not an object")
-    return parsed
-
-
-def _normalize(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)

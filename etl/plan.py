@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from etl.config import PipelineConfig, RateLimit
-from etl.engine import DestinationContext, submit_partition
-from etl.errors import ConfigError
+from etl.destination import Destination, resolve_destination
 from etl.events import Batch
-from etl.runner import days_between, select_destinations, skip_too_old, yesterday
+from etl.partition import DestinationContext, submit_partition
+from etl.ranges import partition_days, skip_too_old
 from etl.source import Source
-from etl.vendors import vendor_class
 
 _DETAIL = re.compile(r" \(got .*\)$")
 
@@ -94,35 +93,36 @@ def plan_backfill(
     last_day: date | None = None,
 ) -> list[DestinationPlan]:
     """Plan the range (default: start_date to yesterday) for the chosen destinations."""
-    first = first_day or config.start_date
-    last = last_day or yesterday()
+    days = partition_days(config, first_day, last_day)
     source = Source(config)
-    plans = []
     try:
-        for name in select_destinations(config, destinations):
-            dest = config.destinations[name]
-            vendor = vendor_class(dest.vendor).from_config(dest)
-            ctx = DestinationContext(name, dest, vendor, source, config.source, None, None)
-            plan = DestinationPlan(name, dest.vendor, vendor.rate_limit(dest))
-            days = days_between(first, last)
-            if not days:
-                raise ConfigError(f"the range is empty: {first} is after {last}")
-            kept, plan.skipped, plan.skipped_rows = skip_too_old(ctx, days, None)
-            if vendor.max_age:
-                plan.skipped_reason = (
-                    f"in partitions older than {vendor.title}'s {vendor.max_age.days}-day "
-                    "window (not read, not sent)"
-                )
-            json_array = vendor.endpoint().json_array
-            for day in kept:
-                partition = PartitionPlan(day.isoformat())
-                sink = _PlanSink(partition, json_array)
-                submit_partition(ctx, day, None, ctx.batcher(1), sink)
-                plan.partitions.append(partition)
-            plans.append(plan)
+        return [
+            _plan_destination(resolve_destination(config, name), source, days)
+            for name in config.destination_names(destinations)
+        ]
     finally:
         source.engine.dispose()
-    return plans
+
+
+def _plan_destination(
+    destination: Destination, source: Source, days: list[date]
+) -> DestinationPlan:
+    vendor = destination.vendor
+    plan = DestinationPlan(destination.name, destination.config.vendor, destination.rate)
+    kept, plan.skipped, plan.skipped_rows = skip_too_old(destination, source, days, None)
+    if vendor.max_age:
+        plan.skipped_reason = (
+            f"in partitions older than {vendor.title}'s {vendor.max_age.days}-day "
+            "window (not read, not sent)"
+        )
+    ctx = DestinationContext(destination, source)
+    json_array = destination.endpoint.json_array
+    for day in kept:
+        partition = PartitionPlan(day.isoformat())
+        sink = _PlanSink(partition, json_array)
+        submit_partition(ctx, day, None, destination.batcher(1), sink)
+        plan.partitions.append(partition)
+    return plan
 
 
 def format_duration(seconds: float) -> str:

@@ -20,8 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], None]
+from etl.timing import Clock, Sleep
 
 
 class TokenBucket:

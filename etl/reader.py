@@ -25,7 +25,8 @@ from collections.abc import Iterable
 from datetime import date
 from multiprocessing.connection import Connection
 
-from etl.config import PipelineConfig, SourceConfig, single_process_only
+from etl.config import PipelineConfig, SourceConfig
+from etl.database import single_process_only
 from etl.errors import SourceError
 from etl.events import Position
 from etl.interpreter import tuned_interpreter

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-
-def full_jitter(delay: float) -> float:
-    """A random sleep between half the delay and the whole of it (kept apart so tests pin it)."""
-    return random.uniform(delay / 2, delay)
+from etl.timing import Jitter, full_jitter
 
 
 @dataclass(frozen=True)
@@ -20,7 +15,7 @@ class RetryPolicy:
     base_delay: float = 1.0
     max_delay: float = 60.0
     max_retry_after: float = 600.0
-    jitter: Callable[[float], float] = field(default=full_jitter)
+    jitter: Jitter = field(default=full_jitter)
 
     def should_retry(self, attempt: int) -> bool:
         """After ``attempt`` failed tries of a retryable failure, is another allowed?"""

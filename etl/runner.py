@@ -4,85 +4,33 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 from typing import IO
 
 from tqdm import tqdm
 
-from etl.config import PipelineConfig, resolve_credentials
-from etl.engine import DestinationContext, PartitionReport, PartitionRun
-from etl.errors import AccountingError, ConfigError, DeliveryError
+from etl.config import PipelineConfig
+from etl.database import safe_url
+from etl.destination import Destination, resolve_destination
+from etl.errors import AccountingError, DeliveryError
 from etl.interpreter import tuned_interpreter
-from etl.ratelimit import BucketRegistry, Clock, Sleep
+from etl.loader import resolve_credentials
+from etl.partition import DestinationContext, PartitionRun
+from etl.ranges import partition_days, skip_too_old
+from etl.ratelimit import BucketRegistry
 from etl.reader import ReaderProcess, use_reader_process
-from etl.retry import full_jitter
-from etl.sender import Sender
-from etl.source import Source, safe_url
+from etl.reports import DestinationReport, PartitionReport, RunReport
+from etl.sender import open_sender
+from etl.source import Source
 from etl.state import StateStore, open_store
-from etl.timestamps import day_bounds
-from etl.vendors import vendor_class
+from etl.timing import REAL_TIME, Timing
 
-
-@dataclass
-class DestinationReport:
-    name: str
-    vendor: str
-    partitions: list[PartitionReport] = field(default_factory=list)
-    error: str | None = None
-    seconds: float = 0.0
-    skipped: str | None = None  # partitions not sent at all, and why
-
-    def total(self, attr: str) -> int:
-        return sum(int(getattr(p, attr)) for p in self.partitions)
-
-    @property
-    def events_per_second(self) -> float:
-        return self.total("delivered") / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def failed(self) -> list[PartitionReport]:
-        return [p for p in self.partitions if p.status != "complete"]
-
-
-@dataclass
-class RunReport:
-    destinations: list[DestinationReport]
-    state_tables: list[str]
-    state_url: str
-    first_day: date
-    last_day: date
-
-    @property
-    def ok(self) -> bool:
-        return all(d.error is None and not d.failed for d in self.destinations)
-
-    @property
-    def rows_read(self) -> int:
-        return sum(d.total("rows_read") for d in self.destinations)
-
-
-def yesterday() -> date:
-    return datetime.now(UTC).date() - timedelta(days=1)
-
-
-def days_between(first: date, last: date) -> list[date]:
-    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
-
-
-def select_destinations(config: PipelineConfig, names: list[str] | None) -> list[str]:
-    if not names:
-        return [n for n, d in config.destinations.items() if d.enabled]
-    unknown = [n for n in names if n not in config.destinations]
-    if unknown:
-        raise ConfigError(
-            f"unknown destination(s) {', '.join(unknown)}; the pipeline file has "
-            f"{', '.join(config.destinations)}"
-        )
-    return names
+Log = Callable[[str], None]
 
 
 def run_backfill(
@@ -94,10 +42,8 @@ def run_backfill(
     restart: bool = False,
     dry_run: Path | None = None,
     progress: bool = False,
-    clock: Clock = time.monotonic,
-    sleep: Sleep = time.sleep,
-    jitter: Callable[[float], float] = full_jitter,
-    log: Callable[[str], None] | None = None,
+    timing: Timing = REAL_TIME,
+    log: Log | None = None,
     credentials: dict[str, dict[str, str]] | None = None,
 ) -> RunReport:
     """Send (or with ``dry_run`` write out) every partition of the range; resume where it stopped.
@@ -108,190 +54,185 @@ def run_backfill(
     ``credentials`` (destination -> key -> secret) replaces reading them from the environment,
     for callers that hold them already (Dagster resources).
     """
-    first = first_day or config.start_date
-    last = last_day or yesterday()
-    if last < first:
-        raise ConfigError(f"the range is empty: {first} is after {last}")
-    names = select_destinations(config, destinations)
+    days = partition_days(config, first_day, last_day)
+    resolved = [resolve_destination(config, n) for n in config.destination_names(destinations)]
     # Every secret is read now, before anything is sent, so a missing one stops the run at once.
     if credentials is None:
         credentials = {}
         if not dry_run:
-            credentials = {n: resolve_credentials(n, config.destinations[n]) for n in names}
-    source = Source(config)
-    store: StateStore | None = None
-    if dry_run is None:
-        store = open_store(config, source.engine)
-    days = days_between(first, last)
-    reader = ReaderProcess(config)  # started if a destination's run is large enough
-    buckets = BucketRegistry()
-    reports = []
-    out: IO[str] | None = open(dry_run, "w", encoding="utf-8") if dry_run else None  # noqa: SIM115
-    paced = any(_pace_of(config, name) < 1000 for name in names)
-    try:
-        with tuned_interpreter(paced):
-            for name in names:
-                reports.append(
-                    _run_destination(
-                        config, name, source, reader, store, credentials.get(name, {}), days,
-                        restart=restart, out=out, progress=progress, buckets=buckets,
-                        clock=clock, sleep=sleep, jitter=jitter, log=log,
-                    )
-                )  # fmt: skip
-    finally:
-        if out is not None:
-            out.close()
-        reader.close()
-        source.engine.dispose()
-        if store is not None:
-            store.engine.dispose()
+            credentials = {d.name: resolve_credentials(d.name, d.config) for d in resolved}
+    paced = any(d.rate.per_second < 1000 for d in resolved)
+    opened = RunContext.open(config, restart, dry_run, progress, timing, log)
+    with opened as run, tuned_interpreter(paced):
+        reports = [DestinationRun(run, d, credentials.get(d.name, {})).send(days) for d in resolved]
+    store = run.store
     tables = store.table_names() if store else []
-    return RunReport(reports, tables, safe_url(store.engine) if store else "", first, last)
+    state_url = safe_url(store.engine) if store else ""
+    return RunReport(reports, tables, state_url, days[0], days[-1])
 
 
-def _pace_of(config: PipelineConfig, name: str) -> float:
-    """Requests per second a destination is paced at."""
-    dest = config.destinations[name]
-    return vendor_class(dest.vendor).from_config(dest).rate_limit(dest).per_second
+@dataclass
+class RunContext:
+    """What the destinations of one run share: the source, the state, the reader process, the
+    token buckets, and how the run was asked to go."""
+
+    config: PipelineConfig
+    source: Source
+    store: StateStore | None
+    reader: ReaderProcess
+    restart: bool
+    out: IO[str] | None  # the dry run's file: nothing is sent, no state is touched
+    progress: bool
+    timing: Timing
+    log: Log | None
+    buckets: BucketRegistry = field(default_factory=BucketRegistry)
+
+    @classmethod
+    @contextmanager
+    def open(
+        cls,
+        config: PipelineConfig,
+        restart: bool,
+        dry_run: Path | None,
+        progress: bool,
+        timing: Timing,
+        log: Log | None,
+    ) -> Iterator[RunContext]:
+        with ExitStack() as stack:
+            source = Source(config)
+            stack.callback(source.engine.dispose)
+            store = None
+            if dry_run is None:
+                store = open_store(config, source.engine)
+                stack.callback(store.engine.dispose)
+            reader = ReaderProcess(config)  # started if a destination's run is large enough
+            stack.callback(reader.close)
+            out = stack.enter_context(open(dry_run, "w", encoding="utf-8")) if dry_run else None
+            yield cls(config, source, store, reader, restart, out, progress, timing, log)
+
+    def say(self, message: str) -> None:
+        if self.log is not None:
+            self.log(message)
 
 
-def skip_too_old(
-    ctx: DestinationContext, days: list[date], store: StateStore | None
-) -> tuple[list[date], str | None, int]:
-    """Days wholly older than the vendor accepts are not read: the days left, a message that
-    says how many rows that leaves out, and that number."""
-    oldest = ctx.vendor.oldest_allowed()
-    if oldest is None or ctx.vendor.max_age is None:
-        return days, None, 0
-    too_old = [d for d in days if day_bounds(d)[1] <= oldest]
-    if not too_old:
-        return days, None, 0
-    rows = ctx.source.count(too_old[0], too_old[-1])
-    reason = f"older than {ctx.vendor.title}'s {ctx.vendor.max_age.days}-day window"
-    if store is not None:
-        for day in too_old:
-            store.mark_skipped(ctx.name, day.isoformat(), ctx.fingerprint, reason)
-    message = (
-        f"{ctx.name}: {rows:,} rows from {too_old[0]} to {too_old[-1]} are {reason}: "
-        f"those {len(too_old)} partitions are skipped and nothing of them is sent"
-    )
-    return days[len(too_old) :], message, rows
+class DestinationRun:
+    """One destination over the run's days, in four steps: ``start`` (skip what the vendor
+    refuses, count what is left, choose the reader), ``send_day`` for each day, ``collect`` each
+    finished day, ``stop``.
 
+    A day is finished (its last answers awaited, committed, its accounting checked) on another
+    thread while the next day is read and sent: the vendor's latency at the end of a day costs
+    no send slots.
+    """
 
-def _run_destination(
-    config: PipelineConfig,
-    name: str,
-    source: Source,
-    reader: ReaderProcess,
-    store: StateStore | None,
-    credentials: dict[str, str],
-    days: list[date],
-    *,
-    restart: bool,
-    out: IO[str] | None,
-    progress: bool,
-    buckets: BucketRegistry,
-    clock: Clock,
-    sleep: Sleep,
-    jitter: Callable[[float], float],
-    log: Callable[[str], None] | None,
-) -> DestinationReport:
-    dest = config.destinations[name]
-    vendor = vendor_class(dest.vendor).from_config(dest)
-    sender = None
-    if out is None:
-        sender = Sender.for_destination(
-            name,
-            dest,
-            vendor,
-            credentials,
-            buckets=buckets,
-            clock=clock,
-            sleep=sleep,
-            jitter=jitter,
-            state=store,
+    def __init__(self, run: RunContext, destination: Destination, credentials: dict[str, str]):
+        self.run = run
+        sender = None
+        if run.out is None:
+            sender = open_sender(
+                destination, credentials, run.store, timing=run.timing, buckets=run.buckets
+            )
+        self.ctx = DestinationContext(destination, run.source, run.store, sender)
+        self.report = DestinationReport(destination.name, destination.config.vendor)
+        self.finisher = ThreadPoolExecutor(1, thread_name_prefix=f"finish-{destination.name}")
+        self.finishing: tuple[date, Future[PartitionReport]] | None = None
+        self.bar: tqdm[None] | None = None
+
+    def send(self, days: list[date]) -> DestinationReport:
+        """Every day of ``days`` sent, or as many as could be before the destination stopped."""
+        try:
+            days = self.start(days)
+            started = time.monotonic()
+            for day, next_day in zip(days, [*days[1:], None][: len(days)], strict=True):
+                if not self.send_day(day, next_day):
+                    break
+            self.collect_previous()
+            if days:
+                self.report.seconds = time.monotonic() - started
+        finally:
+            self.stop()
+        return self.report
+
+    def start(self, days: list[date]) -> list[date]:
+        """The days to send: those the vendor accepts. Chooses the reader, starts the bar."""
+        run, ctx, name = self.run, self.ctx, self.ctx.name
+        days, self.report.skipped, _ = skip_too_old(ctx.destination, run.source, days, run.store)
+        if self.report.skipped:
+            run.say(self.report.skipped)
+        if not days:
+            return days
+        remaining = run.source.count(days[0], days[-1])
+        if run.store is not None and not run.restart:
+            done = {d.isoformat() for d in days}
+            cps = run.store.checkpoints_of(name)
+            remaining -= sum(cp.rows_read for cp in cps if cp.partition in done)
+        if use_reader_process(run.config.source, remaining, ctx.destination.ceiling):
+            ctx.reader = run.reader
+            run.say(f"{name}: {remaining:,} rows to read: a second process reads them")
+        self.bar = tqdm(
+            total=max(remaining, 0),
+            unit="rows",
+            desc=name,
+            disable=not run.progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
         )
-    ctx = DestinationContext(name, dest, vendor, source, config.source, store, sender)
-    report = DestinationReport(name, dest.vendor)
-    days, report.skipped, _ = skip_too_old(ctx, days, store)
-    if report.skipped and log:
-        log(report.skipped)
-    if not days:
-        return report
-    remaining = source.count(days[0], days[-1])
-    if store is not None and not restart:
-        done = {d.isoformat() for d in days}
-        remaining -= sum(cp.rows_read for cp in store.checkpoints_of(name) if cp.partition in done)
-    if use_reader_process(config.source, remaining, ctx.ceiling):
-        ctx.reader = reader
-        if log:
-            log(f"{name}: {remaining:,} rows to read: a second process reads them")
-    started = time.monotonic()
-    bar = tqdm(
-        total=max(remaining, 0),
-        unit="rows",
-        desc=name,
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+        return days
 
-    def failed(day: date, exc: Exception) -> None:
-        report.partitions.append(PartitionReport(name, day.isoformat(), "failed", error=str(exc)))
+    def send_day(self, day: date, next_day: date | None) -> bool:
+        """Read, map and send the day, and collect the day before it; False: stop here."""
+        partition = PartitionRun(self.ctx, day, restart=self.run.restart, dry_run=self.run.out)
+        try:
+            partition.submit(on_rows=self.bar.update if self.bar else None, next_day=next_day)
+        except DeliveryError as exc:
+            self.collect_previous()
+            self.report.error = self.report.error or str(exc)
+            self._failed(day, exc)
+            return False
+        if not self.collect_previous(abort=partition):
+            stopped = DeliveryError(f"not finished: {self.report.error}")
+            partition.abort(stopped)
+            self._failed(day, stopped)
+            return False
+        self.finishing = (day, self.finisher.submit(partition.finish))
+        return True
 
-    def collect(day: date, finished: Future[PartitionReport]) -> bool:
+    def collect_previous(self, abort: PartitionRun | None = None) -> bool:
+        """Wait for the day being finished, if any, and record it; False when the destination
+        must stop. If finishing it raised anything else, ``abort`` stops too."""
+        if self.finishing is None:
+            return True
+        previous, self.finishing = self.finishing, None
+        try:
+            return self.collect(*previous)
+        except BaseException as exc:  # the previous day broke: this one stops too
+            if abort is not None:
+                abort.abort(exc)
+            raise
+
+    def collect(self, day: date, finished: Future[PartitionReport]) -> bool:
         """Record a finished partition; False when the destination must stop."""
         try:
-            report.partitions.append(finished.result())
+            self.report.partitions.append(finished.result())
         except AccountingError as exc:
-            failed(day, exc)
-            if log:
-                log(str(exc))
+            self._failed(day, exc)
+            self.run.say(str(exc))
         except DeliveryError as exc:
-            report.error = str(exc)
-            failed(day, exc)
+            self.report.error = str(exc)
+            self._failed(day, exc)
             return False
         return True
 
-    # A partition is finished (last answers, commits, accounting) on another thread while the
-    # next one is read and sent: the vendor's latency at the end of a day costs no send slots.
-    finisher = ThreadPoolExecutor(1, thread_name_prefix=f"finish-{name}")
-    finishing: tuple[date, Future[PartitionReport]] | None = None
-    try:
-        for day, next_day in zip(days, [*days[1:], None], strict=True):
-            run = PartitionRun(ctx, day, restart=restart, dry_run=out)
-            try:
-                run.submit(on_rows=bar.update, next_day=next_day)
-            except DeliveryError as exc:
-                if finishing is not None:
-                    collect(*finishing)
-                    finishing = None
-                report.error = report.error or str(exc)
-                failed(day, exc)
-                break
-            if finishing is not None:
-                try:
-                    go_on = collect(*finishing)
-                except BaseException as exc:  # the previous day broke: this one stops too
-                    run.abort(exc)
-                    raise
-                finally:
-                    finishing = None
-                if not go_on:
-                    stopped = DeliveryError(f"not finished: {report.error}")
-                    run.abort(stopped)
-                    failed(day, stopped)
-                    break
-            finishing = (day, finisher.submit(run.finish))
-        if finishing is not None:
-            collect(*finishing)
-            finishing = None
-    finally:
-        if finishing is not None:  # interrupted: let the previous partition finish first
-            wait([finishing[1]])
-        finisher.shutdown()
-        bar.close()
-        if sender is not None:
-            sender.close()
-    report.seconds = time.monotonic() - started
-    return report
+    def stop(self) -> None:
+        """Let a day still finishing end first (interrupted), then release what this held."""
+        if self.finishing is not None:
+            wait([self.finishing[1]])
+        self.finisher.shutdown()
+        if self.bar is not None:
+            self.bar.close()
+        if self.ctx.sender is not None:
+            self.ctx.sender.close()
+
+    def _failed(self, day: date, exc: Exception) -> None:
+        failed = PartitionReport(self.ctx.name, day.isoformat(), "failed", error=str(exc))
+        self.report.partitions.append(failed)

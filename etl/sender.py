@@ -7,8 +7,6 @@ several batches of one destination may be in flight at once, sharing the session
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -16,19 +14,20 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from etl import __version__
-from etl.config import DestinationConfig
+from etl.destination import Destination
 from etl.errors import FatalDeliveryError, RetriesExhaustedError
 from etl.events import SendResult
-from etl.ratelimit import BucketRegistry, Clock, Sleep, TokenBucket
-from etl.retry import RetryPolicy, full_jitter
+from etl.ratelimit import BucketRegistry, TokenBucket
+from etl.retry import RetryPolicy
 from etl.shared_budget import SharedBucket
 from etl.state import StateStore
-from etl.vendors.base import Classified, Vendor, Verdict
+from etl.timing import REAL_TIME, Timing
+from etl.vendors.base import Classified, Verdict
 
 log = logging.getLogger(__name__)
 
 
-def _secret(credentials: dict[str, str]) -> str:
+def credential_string(credentials: dict[str, str]) -> str:
     """The credentials as one string: what a rate budget is kept per (never stored as is)."""
     return "|".join(credentials[k] for k in sorted(credentials))
 
@@ -56,44 +55,41 @@ class Sender:
 
     def __init__(
         self,
-        destination: str,
-        vendor: Vendor,
-        base_url: str,
+        destination: Destination,
         credentials: dict[str, str],
         *,
-        credential_hint: str,
-        timeout: float,
-        policy: RetryPolicy,
+        timing: Timing = REAL_TIME,
         buckets: BucketRegistry | None = None,
-        rate: float | None = None,
-        burst: int = 1,
-        window: tuple[int, float] | None = None,
         shared: SharedBucket | None = None,
-        pool_size: int = 4,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = time.sleep,
         session: requests.Session | None = None,
     ) -> None:
-        self.destination = destination
-        self.vendor = vendor
-        endpoint = vendor.endpoint()
-        self.url = base_url + endpoint.path
-        self.timeout = timeout
-        self.policy = policy
-        self.credential_hint = credential_hint
-        self._sleep = sleep
+        """``buckets``: the run's token buckets, shared by its destinations that send to one
+        endpoint with one key; ``shared``: the budget shared with other processes, if any."""
+        self.destination = destination.name
+        self.vendor = destination.vendor
+        self.url = destination.url
+        self.timeout = destination.config.timeout_seconds
+        self.policy = RetryPolicy(
+            max_attempts=destination.config.max_attempts, jitter=timing.jitter
+        )
+        self.credential_hint = destination.credential_hint
+        self._sleep = timing.sleep
         self._headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            **vendor.headers(credentials),
+            **self.vendor.headers(credentials),
         }
-        secret = _secret(credentials)
-        per_second = rate if rate is not None else endpoint.rate_limit.per_second
+        rate = destination.rate
         self.bucket = (buckets or BucketRegistry()).get(
-            self.url, secret, lambda: TokenBucket(per_second, burst, clock, sleep, window)
+            self.url,
+            credential_string(credentials),
+            lambda: TokenBucket(
+                rate.per_second, rate.burst, timing.clock, timing.sleep, rate.guard_window
+            ),
         )
         self.shared = shared
         self._fatal: FatalDeliveryError | None = None
+        pool_size = destination.requests_in_flight
         if session is None:
             session = requests.Session()
             adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2 * pool_size + 1)
@@ -103,53 +99,9 @@ class Sender:
         self._environment = session.merge_environment_settings(self.url, {}, None, None, None)
         # One event per request: the events of a batch go out in parallel, paced by the bucket.
         self._parallel = (
-            None if endpoint.json_array else ThreadPoolExecutor(pool_size, f"req-{destination}")
-        )
-
-    @classmethod
-    def for_destination(
-        cls,
-        name: str,
-        dest: DestinationConfig,
-        vendor: Vendor,
-        credentials: dict[str, str],
-        *,
-        buckets: BucketRegistry | None = None,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = time.sleep,
-        jitter: Callable[[float], float] = full_jitter,
-        state: StateStore | None = None,
-    ) -> Sender:
-        """The sender of a configured destination: its limits, retries and credentials.
-        ``state`` holds the budget shared across processes, if configured."""
-        rate = vendor.rate_limit(dest)
-        refs = ", ".join(dest.credentials.values())
-        shared = None
-        if rate.shared and state is not None:
-            shared = SharedBucket(
-                state.engine,
-                state.rate_budget,
-                vendor.base_url(dest) + vendor.endpoint().path,
-                _secret(credentials),
-                rate,
-                sleep=sleep,
-            )
-        return cls(
-            name,
-            vendor,
-            vendor.base_url(dest),
-            credentials,
-            credential_hint=f"the key in {refs} (destinations.{name}.credentials)",
-            timeout=dest.timeout_seconds,
-            policy=RetryPolicy(max_attempts=dest.max_attempts, jitter=jitter),
-            rate=rate.per_second,
-            burst=rate.burst,
-            window=rate.guard_window,
-            pool_size=dest.max_in_flight,
-            buckets=buckets,
-            shared=shared,
-            clock=clock,
-            sleep=sleep,
+            None
+            if destination.endpoint.json_array
+            else ThreadPoolExecutor(pool_size, f"req-{destination.name}")
         )
 
     def send(self, payloads: list[bytes]) -> SendResult:
@@ -254,3 +206,26 @@ class Sender:
         if self._parallel is not None:
             self._parallel.shutdown(cancel_futures=True)
         self.session.close()
+
+
+def open_sender(
+    destination: Destination,
+    credentials: dict[str, str],
+    store: StateStore | None,
+    *,
+    timing: Timing = REAL_TIME,
+    buckets: BucketRegistry | None = None,
+) -> Sender:
+    """The sender of a configured destination, with the budget it shares with other processes
+    (in ``store``) when its ``rate_limit.shared`` says so."""
+    shared = None
+    if destination.rate.shared and store is not None:
+        shared = SharedBucket(
+            store.engine,
+            store.rate_budget,
+            destination.url,
+            credential_string(credentials),
+            destination.rate,
+            sleep=timing.sleep,
+        )
+    return Sender(destination, credentials, timing=timing, buckets=buckets, shared=shared)

@@ -32,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from etl.config import RateLimit
 from etl.errors import ConfigError
-from etl.ratelimit import Clock, Sleep
+from etl.timing import Clock, Sleep
 
 
 def budget_key(endpoint: str, credential: str) -> str:

@@ -16,37 +16,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from etl.config import PipelineConfig, SourceConfig
+from etl.database import make_engine, safe_url
 from etl.errors import SourceError
 from etl.events import Position
 from etl.timestamps import day_bounds
 
 # Chunks of rows: each its column names and its rows' values in that order.
 Chunks = Generator[tuple[list[str], Sequence[Sequence[Any]]], None, None]
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for a warehouse URL (SQLite, PostgreSQL, DuckDB, or any SQLAlchemy dialect)."""
-    try:
-        engine = sa.create_engine(url, pool_pre_ping=True)
-    except (SQLAlchemyError, ValueError, ImportError) as exc:
-        shown = url.split("@")[-1] if "@" in url else url
-        raise SourceError(f"cannot use warehouse URL ...{shown}: {exc}") from None
-    if engine.dialect.name == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    """WAL: readers and one writer at once (parallel runs), commits without a full fsync each
-    (still safe when the process is killed), and a wait instead of 'database is locked'."""
-    cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
-
-
-def safe_url(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
 
 
 class Source:

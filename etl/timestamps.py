@@ -25,7 +25,7 @@ def zone(name: str) -> tzinfo:
     return UTC if name in ("UTC", "Etc/UTC") else ZoneInfo(name)
 
 
-def _localize(value: datetime, tz: tzinfo) -> datetime:
+def localize(value: datetime, tz: tzinfo) -> datetime:
     try:
         if value.tzinfo is None:
             if tz is UTC:
@@ -44,7 +44,7 @@ def _parse_text(text: str, tz: tzinfo) -> datetime:
         parsed = datetime.fromisoformat(stripped)
     except ValueError:
         raise TimestampError(f"timestamp is not ISO-8601 (got {stripped[:40]!r})") from None
-    return _localize(parsed, tz)
+    return localize(parsed, tz)
 
 
 def _from_epoch(number: float, per_second: int) -> datetime:
@@ -75,9 +75,9 @@ def to_utc(value: Any, kind: TimestampType, tz: tzinfo) -> datetime:
     if isinstance(value, datetime):  # also pandas.Timestamp
         if value != value:  # NaT
             raise TimestampError("timestamp is missing")
-        return _localize(value, tz)
+        return localize(value, tz)
     if isinstance(value, date):
-        return _localize(datetime.combine(value, time()), tz)
+        return localize(datetime.combine(value, time()), tz)
     if isinstance(value, str):
         return _parse_text(value, tz)
     if isinstance(value, bytes):

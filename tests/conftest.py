@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from etl.demo.data import create_warehouse
+from etl.app.demo.data import create_warehouse
 from etl.sandbox import SandboxServer, start_sandbox
 from tests.fakes import FakeClock
 
@@ -212,7 +212,7 @@ def write_pipeline(
 
 @pytest.fixture(autouse=True)
 def _sandbox_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    from etl.demo.run import SANDBOX_CREDENTIALS
+    from etl.sandbox import SANDBOX_CREDENTIALS
 
     for variable, key in SANDBOX_CREDENTIALS.items():
         monkeypatch.setenv(variable, key)

@@ -2,6 +2,8 @@
 
 import threading
 
+from etl.timing import Timing
+
 
 class FakeClock:
     """A clock that only moves when someone sleeps.
@@ -23,6 +25,10 @@ class FakeClock:
         with self._lock:
             self._seen.at = self.now
             return self.now
+
+    def timing(self) -> Timing:
+        """This clock for a whole run, with the retry jitter pinned (the backoff is exact)."""
+        return Timing(clock=self, sleep=self.sleep, jitter=lambda delay: delay)
 
     def sleep(self, seconds: float) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from etl.sandbox.server import Reply, Sandbox, VendorEmulator
+from etl.sandbox.emulator import Reply, SandboxState, VendorEmulator
 
 TOKEN = "sandbox-airship-token"
 APP_KEY = "sandbox-airship-app"
@@ -55,7 +55,7 @@ def _too_long(value: Any) -> bool:
 class AirshipEmulator(VendorEmulator):
     name = "airship"
 
-    def __init__(self, sandbox: Sandbox, now: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, sandbox: SandboxState, now: Callable[[], datetime] | None = None) -> None:
         super().__init__(sandbox)
         self.now = now or (lambda: datetime.now(UTC).replace(tzinfo=None))
         self.limit = self.limiter(20, 1)  # not published: the sandbox's own choice

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from etl.sandbox.server import Reply, Sandbox, VendorEmulator
+from etl.sandbox.emulator import Reply, SandboxState, VendorEmulator
 
 KEYS = {
     "sandbox-fuul-key": {"send:trigger_event"},
@@ -66,7 +66,7 @@ def event_problem(event: Any, triggers: set[str] | None) -> str | None:
 class FuulEmulator(VendorEmulator):
     name = "fuul"
 
-    def __init__(self, sandbox: Sandbox, triggers: set[str] | None = None) -> None:
+    def __init__(self, sandbox: SandboxState, triggers: set[str] | None = None) -> None:
         super().__init__(sandbox)
         self.triggers = triggers
         self.dedup_ids: set[str] = set()

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from etl.sandbox.server import Reply, Sandbox, VendorEmulator
+from etl.sandbox.emulator import Reply, SandboxState, VendorEmulator
 
 KEY = "sandbox-thrivestack-key"
 MAX_EVENTS = 1000
@@ -27,7 +27,7 @@ def bad(message: str) -> Reply:
 class ThriveStackEmulator(VendorEmulator):
     name = "thrivestack"
 
-    def __init__(self, sandbox: Sandbox) -> None:
+    def __init__(self, sandbox: SandboxState) -> None:
         super().__init__(sandbox)
         self.limit = self.limiter(10, 1)  # 429 documented, number not: the sandbox's choice
 

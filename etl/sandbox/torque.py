@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from etl.sandbox.server import Reply, Sandbox, VendorEmulator
+from etl.sandbox.emulator import Reply, SandboxState, VendorEmulator
 
 KEY = "sandbox-torque-key"
 _PUBKEY = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
@@ -26,7 +26,9 @@ def bad(message: str) -> Reply:
 class TorqueEmulator(VendorEmulator):
     name = "torque"
 
-    def __init__(self, sandbox: Sandbox, events: dict[str, dict[str, str]] | None = None) -> None:
+    def __init__(
+        self, sandbox: SandboxState, events: dict[str, dict[str, str]] | None = None
+    ) -> None:
         super().__init__(sandbox)
         self.events = events  # name -> {parameter: string|number|boolean}; None: any
         self.limit = self.limiter(50, 1)  # not published: the sandbox's own choice

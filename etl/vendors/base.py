@@ -110,9 +110,6 @@ class Vendor(ABC):
     @abstractmethod
     def default_base_url(self) -> str: ...
 
-    def base_url(self, dest: DestinationConfig) -> str:
-        return dest.base_url or self.default_base_url()
-
     def oldest_allowed(self) -> datetime | None:
         """Events before this instant would be refused (None: no age limit)."""
         return self.now() - self.max_age if self.max_age else None
@@ -141,10 +138,6 @@ class Vendor(ABC):
 
     @abstractmethod
     def endpoint(self) -> Endpoint: ...
-
-    def rate_limit(self, dest: DestinationConfig) -> RateLimit:
-        """The destination's ``rate_limit``, else the vendor's published (or default) one."""
-        return dest.rate_limit or self.endpoint().rate_limit
 
     @abstractmethod
     def headers(self, credentials: dict[str, str]) -> dict[str, str]: ...

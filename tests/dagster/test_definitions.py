@@ -13,7 +13,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from dagster_project.factory import build_definitions
-from etl.config import load_pipeline
+from etl.loader import load_pipeline
 from tests.dagster.conftest import FIRST
 
 RANGE_TAGS = {
@@ -46,6 +46,21 @@ def test_dagster_cli_validates_the_project(pipeline: Path, tmp_path: Path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_definitions_need_etl_pipeline(tmp_path: Path):
+    env = {k: v for k, v in os.environ.items() if k != "ETL_PIPELINE"}
+    dagster = Path(sys.executable).with_name("dagster")
+    result = subprocess.run(
+        [str(dagster), "definitions", "validate", "-m", "dagster_project.definitions"],
+        env={**env, "DAGSTER_HOME": str(tmp_path)}, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert (
+        "ETL_PIPELINE is not set: point it at your pipeline file" in result.stdout + result.stderr
+    )
+    assert not (tmp_path / ".etl-demo").exists()  # no demo file written in its place
 
 
 def materialize(pipeline: Path, tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:

@@ -17,8 +17,7 @@ import pytest
 import requests
 
 from dagster_project.demo import prepare_home
-from etl.demo.run import SANDBOX_CREDENTIALS
-from etl.sandbox import SandboxServer, start_sandbox
+from etl.sandbox import SANDBOX_CREDENTIALS, SandboxServer, start_sandbox
 from tests.conftest import FAST, warehouse_of, write_pipeline
 from tests.dagster.conftest import FIRST
 from tests.integration.scenario import RECENT_END

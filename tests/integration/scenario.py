@@ -11,8 +11,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from etl.config import load_pipeline
 from etl.events import event_id_for
+from etl.loader import load_pipeline
 from etl.runner import run_backfill
 from etl.state import StateStore
 from tests.conftest import DESTINATION, Warehouse, write_pipeline
@@ -43,8 +43,8 @@ def run(path: Path, clock, **kwargs):
     """The four days of the pipeline, on the fake clock."""
     first = load_pipeline(path).start_date
     return run_backfill(
-        load_pipeline(path), first_day=first, last_day=first + timedelta(days=3), clock=clock,
-        sleep=clock.sleep, jitter=lambda d: d, **kwargs,
+        load_pipeline(path), first_day=first, last_day=first + timedelta(days=3),
+        timing=clock.timing(), **kwargs,
     )  # fmt: skip
 
 

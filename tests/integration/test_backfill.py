@@ -12,8 +12,8 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from etl.config import load_pipeline
 from etl.errors import ConfigError, MappingChangedError
+from etl.loader import load_pipeline
 from etl.replay import replay_dead_letters
 from etl.runner import run_backfill
 from tests.conftest import DESTINATION, FAST, FUUL_MAPPING, write_pipeline

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from etl.cli import cli
+from etl.app.cli import cli
 from etl.sandbox import SandboxServer
 from tests.conftest import FAST
 from tests.integration.scenario import FIRST, LAST
@@ -116,7 +116,7 @@ def test_state_ddl_command():
 
 
 def test_torque_event_definitions_for_the_sandbox():
-    from etl.cli import _parse_torque_events
+    from etl.app.tool_commands import _parse_torque_events
 
     parsed = _parse_torque_events(("purchase:amount=number,game=string", "login:"))
     assert parsed == {"purchase": {"amount": "number", "game": "string"}, "login": {}}

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from etl.config import load_pipeline
-from etl.demo.run import SANDBOX_CREDENTIALS
-from etl.sandbox import start_sandbox
+from etl.loader import load_pipeline
+from etl.sandbox import SANDBOX_CREDENTIALS, start_sandbox
 from tests.conftest import Warehouse, warehouse_of
 from tests.integration.scenario import (
     RECENT_END,
@@ -33,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 def start_run(path: Path) -> subprocess.Popen[bytes]:
     first = load_pipeline(path).start_date
-    command = [sys.executable, "-m", "etl", "run", "-c", str(path), "--no-progress"]
+    command = [sys.executable, "-m", "etl.app", "run", "-c", str(path), "--no-progress"]
     command += ["--from", first.isoformat(), "--to", (first + timedelta(days=3)).isoformat()]
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from etl.cli import cli
-from etl.config import load_pipeline
+from etl.app.cli import cli
+from etl.loader import load_pipeline
 from etl.plan import plan_backfill, reason_kind
 from tests.conftest import DESTINATION
 from tests.integration.scenario import RECENT_END, run, setup, store_of

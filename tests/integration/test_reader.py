@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from etl.config import load_pipeline
 from etl.errors import SourceError
+from etl.loader import load_pipeline
 from etl.reader import MIN_CEILING, MIN_ROWS, ReaderProcess, _error, use_reader_process
 from etl.source import Source
 from tests.conftest import warehouse_of, write_pipeline

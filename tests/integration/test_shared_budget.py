@@ -21,12 +21,12 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from etl.bench import Sandbox as BenchSandbox
+from etl.app.bench import Sandbox as BenchSandbox
 from etl.config import RateLimit
-from etl.demo.run import SANDBOX_CREDENTIALS
+from etl.database import make_engine
 from etl.errors import ConfigError
+from etl.sandbox import SANDBOX_CREDENTIALS
 from etl.shared_budget import SharedBucket
-from etl.source import make_engine
 from etl.state import StateStore
 from tests.conftest import warehouse_of, write_pipeline
 from tests.integration.scenario import RECENT_END, assert_delivered
@@ -158,7 +158,7 @@ def test_four_processes_stay_within_one_limit(tmp_path: Path, database: str):
                 command = [
                     sys.executable,
                     "-m",
-                    "etl",
+                    "etl.app",
                     "run",
                     "-c",
                     str(path),

@@ -7,9 +7,10 @@ import pytest
 import requests
 
 from etl.batching import Batcher
+from etl.config import DestinationConfig, SourceConfig
+from etl.destination import Destination
 from etl.errors import FatalDeliveryError, RetriesExhaustedError
 from etl.events import Event, Filtered, Rejected
-from etl.retry import RetryPolicy
 from etl.sender import Sender
 from etl.vendors.fuul import Fuul, FuulOptions
 from tests.fakes import FakeClock
@@ -101,19 +102,19 @@ class FakeSession:
 
 
 def sender(session, clock, attempts=5):
-    return Sender(
-        "fuul_rewards",
-        Fuul(FuulOptions()),
-        "http://vendor",
-        {"api_key": "secret-key"},
-        credential_hint="$FUUL_API_KEY",
-        timeout=7.0,
-        policy=RetryPolicy(max_attempts=attempts, jitter=lambda d: d),
-        rate=1000.0,
-        clock=clock,
-        sleep=clock.sleep,
-        session=session,
+    config = DestinationConfig(
+        vendor="fuul",
+        base_url="http://vendor",
+        credentials={"api_key": "${FUUL_API_KEY}"},
+        mapping={"event_name": "played", "user": {"column": "wallet", "type": "evm_address"}},
+        timeout_seconds=7.0,
+        max_attempts=attempts,
+        rate_limit={"requests": 1000, "per_seconds": 1, "margin": 0},
     )
+    destination = Destination.resolve(
+        "fuul_rewards", config, SourceConfig(url="sqlite://", table="t")
+    )
+    return Sender(destination, {"api_key": "secret-key"}, timing=clock.timing(), session=session)
 
 
 def encoded(n: int) -> list[bytes]:
@@ -172,7 +173,7 @@ def test_refused_credential_stops_and_names_what_to_check(status):
         sender(
             FakeSession(lambda ids: FakeResponse(status, {"message": "Unauthorized"})), FakeClock()
         ).send(encoded(1))
-    assert "$FUUL_API_KEY" in str(info.value)
+    assert "${FUUL_API_KEY}" in str(info.value)
     assert "secret-key" not in str(info.value)
 
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from etl.bench import Sandbox
+from etl.app.bench import Sandbox
 
 
 def test_a_port_in_use_is_refused():

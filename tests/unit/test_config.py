@@ -2,8 +2,8 @@ import textwrap
 
 import pytest
 
-from etl.config import load_pipeline, resolve_credentials
 from etl.errors import ConfigError
+from etl.loader import load_pipeline, resolve_credentials
 
 VALID = """
 start_date: 2024-01-01

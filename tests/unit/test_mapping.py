@@ -8,7 +8,8 @@ import pytest
 
 from etl.config import DestinationConfig, SourceConfig
 from etl.events import Event, Filtered, Rejected, event_id_for
-from etl.mapping import ArgTypeError, Mapper, coerce_arg
+from etl.mapping import Mapper
+from etl.values import ArgTypeError, coerce_arg
 from etl.vendors.base import encode_json
 from etl.vendors.fuul import Fuul
 

@@ -4,7 +4,8 @@ import threading
 import pytest
 
 from etl.ratelimit import BucketRegistry, TokenBucket
-from etl.retry import RetryPolicy, full_jitter
+from etl.retry import RetryPolicy
+from etl.timing import full_jitter
 from tests.fakes import FakeClock
 
 

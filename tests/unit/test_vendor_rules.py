@@ -8,7 +8,7 @@ import pytest
 
 from etl.config import DestinationConfig, MappingConfig
 from etl.events import Event
-from etl.vendors import check_destination
+from etl.loader import check_destination
 from etl.vendors.airship import Airship, AirshipOptions
 from etl.vendors.thrivestack import ThriveStack, ThriveStackOptions
 from etl.vendors.torque import Torque, TorqueOptions

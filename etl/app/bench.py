@@ -26,12 +26,11 @@ from typing import Any
 import requests
 import yaml
 
-from etl.config import load_pipeline
-from etl.demo.data import create_warehouse
-from etl.demo.run import SANDBOX_CREDENTIALS
-from etl.engine import DestinationContext
-from etl.source import Source, make_engine
-from etl.vendors import vendor_class
+from etl.app.demo.data import create_warehouse
+from etl.database import make_engine
+from etl.loader import load_pipeline
+from etl.sandbox import SANDBOX_CREDENTIALS
+from etl.source import Source
 from etl.vendors.base import encode_json
 
 DAYS = 30
@@ -100,7 +99,7 @@ class Sandbox:
                     raise RuntimeError(f"port {port} is in use: choose another --port") from None
         port = port or _free_port()
         self.url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "etl", "sandbox", "--port", str(port)]
+        command = [sys.executable, "-m", "etl.app", "sandbox", "--port", str(port)]
         command += ["--time-scale", str(time_scale)]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
@@ -175,7 +174,7 @@ def run_child(pipeline: Path, first: date, last: date) -> Child:
     command = [
         sys.executable,
         "-m",
-        "etl.bench",
+        "etl.app.bench",
         str(pipeline),
         first.isoformat(),
         last.isoformat(),
@@ -219,15 +218,12 @@ def floor(pipeline: Path, first: date, last: date) -> tuple[int, float]:
     """Rows per second of reading the same rows and JSON-encoding them, nothing else."""
     config = load_pipeline(pipeline)
     source = Source(config)
-    dest = config.destinations["bench"]
-    vendor = vendor_class(dest.vendor).from_config(dest)
-    ctx = DestinationContext("bench", dest, vendor, source, config.source, None, None)
-    columns = sorted(dest.mapping.columns())
+    columns = sorted(config.destinations["bench"].mapping.columns())
     rows = 0
     started = time.monotonic()
     day = first
     while day <= last:
-        for names, chunk in ctx.source.read_tuples(day, columns):
+        for names, chunk in source.read_tuples(day, columns):
             for row in chunk:
                 encode_json(
                     {
@@ -389,7 +385,7 @@ def _resume(
         command = [
             sys.executable,
             "-m",
-            "etl.bench",
+            "etl.app.bench",
             str(path),
             first.isoformat(),
             final.isoformat(),
@@ -435,7 +431,7 @@ def _shared(
         procs = []
         for i in range(4):
             day = (start + timedelta(days=i)).isoformat()
-            command = [sys.executable, "-m", "etl", "run", "-c", str(path), "--no-progress"]
+            command = [sys.executable, "-m", "etl.app", "run", "-c", str(path), "--no-progress"]
             command += ["--from", day, "--to", day]
             procs.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))
         for proc in procs:
@@ -523,7 +519,7 @@ def targets_met(r: dict[str, Any]) -> dict[str, bool]:
 
 def floor_child(pipeline: Path, first: date, last: date) -> float:
     """``floor`` in a fresh process with the interpreter tuned as for a run, as the runs are."""
-    command = [sys.executable, "-m", "etl.bench", "--floor", str(pipeline)]
+    command = [sys.executable, "-m", "etl.app.bench", "--floor", str(pipeline)]
     command += [first.isoformat(), last.isoformat()]
     output = subprocess.run(command, capture_output=True, check=True).stdout
     return float(json.loads(output)["rows_per_s"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import time
@@ -11,22 +10,16 @@ from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from etl.config import PipelineConfig, load_pipeline
-from etl.demo.data import create_warehouse
-from etl.engine import PartitionReport
-from etl.runner import DestinationReport, RunReport
-from etl.sandbox import airship, fuul, start_sandbox, thrivestack, torque
-from etl.source import make_engine, safe_url
+from dagster_project.demo import materialize_range
+from etl.app.demo.data import create_warehouse
+from etl.config import PipelineConfig
+from etl.database import make_engine, safe_url
+from etl.loader import load_pipeline
+from etl.reports import DestinationReport, PartitionReport, RunReport
+from etl.sandbox import SANDBOX_CREDENTIALS, start_sandbox
 from etl.state import open_store
 
 TIME_SCALE = 600.0
-SANDBOX_CREDENTIALS = {
-    "FUUL_API_KEY": next(iter(fuul.KEYS)),
-    "TORQUE_API_KEY": torque.KEY,
-    "THRIVESTACK_API_KEY": thrivestack.KEY,
-    "AIRSHIP_TOKEN": airship.TOKEN,
-    "AIRSHIP_APP_KEY": airship.APP_KEY,
-}
 TORQUE_EVENTS = {"purchase": {"amount": "number", "game": "string"}}
 TEMPLATE = Path(__file__).with_name("pipeline.yaml.tmpl")
 
@@ -87,9 +80,7 @@ def run_demo(
     before = progress_of(config, start, yesterday)
     started = time.monotonic()
     try:
-        # The orchestration layer is imported here only: the library never depends on Dagster.
-        demo = importlib.import_module("dagster_project.demo")
-        demo.materialize_range(pipeline_path, start, yesterday, directory / "dagster_home", say)
+        materialize_range(pipeline_path, start, yesterday, directory / "dagster_home", say)
         stats = server.sandbox.stats
     finally:
         server.stop()

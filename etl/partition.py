@@ -12,122 +12,43 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
-from functools import cached_property
-from typing import IO, Any, Protocol
+from typing import IO, Protocol
 
 from etl.batching import Batcher
-from etl.config import DestinationConfig, SourceConfig
+from etl.destination import Destination
 from etl.errors import AccountingError
 from etl.events import Batch, Position, SendResult
-from etl.mapping import Mapper, mapping_fingerprint
 from etl.reader import ReaderProcess
+from etl.reports import PartitionReport
 from etl.sender import Sender
 from etl.source import Chunks, Source
 from etl.state import StateStore
-from etl.vendors.base import Vendor
 
 RowsCallback = Callable[[int], None]
 MAP_SLICE = 1000  # rows mapped and encoded together
 
 
 @dataclass
-class PartitionReport:
-    """What one run did to one partition (this run's numbers and the partition's totals)."""
-
-    destination: str
-    partition: str
-    status: str = "complete"
-    rows_read: int = 0  # this run
-    delivered: int = 0
-    dead_letters: int = 0
-    filtered: int = 0
-    in_doubt: int = 0
-    requests: int = 0
-    retries: int = 0
-    throttled: int = 0
-    seconds: float = 0.0
-    cursor: str | None = None
-    error: str | None = None
-    samples: list[Any] = field(default_factory=list)  # payloads, user identifiers masked
-
-    def add(self, batch: Batch, result: SendResult, in_doubt: int) -> None:
-        self.rows_read += batch.rows_read
-        self.delivered += len(result.delivered)
-        self.dead_letters += len(batch.rejected) + len(result.dead)
-        self.filtered += batch.filtered
-        self.in_doubt += in_doubt
-        self.requests += result.requests
-        self.retries += result.retries
-        self.throttled += result.throttled
-        if len(self.samples) < 3 and batch.encoded:
-            self.samples.append(mask_user(batch.payload(0), batch.events[0].user_id))
-
-
-def mask_identifier(value: str) -> str:
-    """Enough of an identifier to recognise it, not enough to use it: 0x52…9EE7."""
-    return f"{value[:4]}…{value[-4:]}" if len(value) > 10 else "…"
-
-
-def mask_user(payload: Any, user_id: str) -> Any:
-    """A payload with every occurrence of the user's identifier masked (for samples in the UI)."""
-    if isinstance(payload, dict):
-        return {k: mask_user(v, user_id) for k, v in payload.items()}
-    if isinstance(payload, list):
-        return [mask_user(v, user_id) for v in payload]
-    return mask_identifier(payload) if payload == user_id else payload
-
-
-@dataclass
 class DestinationContext:
-    """Everything needed to process partitions of one destination."""
+    """A resolved destination and what a run sends it with: the source (or a reader process
+    that reads it), the state store and the sender (None in plans and dry runs)."""
 
-    name: str
-    config: DestinationConfig
-    vendor: Vendor
+    destination: Destination
     source: Source
-    source_config: SourceConfig
-    store: StateStore | None
-    sender: Sender | None
+    store: StateStore | None = None
+    sender: Sender | None = None
     reader: ReaderProcess | None = None  # reads the rows in a second process; None: here
 
-    @cached_property
-    def mapper(self) -> Mapper:
-        return Mapper(self.name, self.config, self.source_config, self.vendor)
+    @property
+    def name(self) -> str:
+        return self.destination.name
 
     def read_tuples(self, day: date, after: Position | None) -> Chunks:
         """The day's rows after ``after``, in chunks, with the columns the mapping needs."""
         reader = self.reader or self.source
-        return reader.read_tuples(day, self.mapper.columns, after)
-
-    @property
-    def fingerprint(self) -> str:
-        return mapping_fingerprint(self.source_config, self.config)
-
-    @property
-    def events_per_request(self) -> int:
-        endpoint = self.vendor.endpoint()
-        if endpoint.json_array:
-            return min(self.config.batch_size or endpoint.max_events, endpoint.max_events)
-        return 1
-
-    @property
-    def ceiling(self) -> float:
-        """The most events a second the rate limit lets through."""
-        return self.vendor.rate_limit(self.config).per_second * self.events_per_request
-
-    def batcher(self, first_seq: int) -> Batcher:
-        endpoint = self.vendor.endpoint()
-        # One event per request: a batch is one wave of parallel requests, checkpointed
-        # together; small, so that a crash leaves few events in doubt.
-        size = self.events_per_request if endpoint.json_array else self.config.max_in_flight
-        return Batcher(self.vendor, size, endpoint.max_bytes, first_seq)
-
-    @property
-    def batches_in_flight(self) -> int:
-        """Batches sent at once: each array request is one; single-event waves overlap by three."""
-        return self.config.max_in_flight if self.vendor.endpoint().json_array else 3
+        return reader.read_tuples(day, self.destination.mapper.columns, after)
 
 
 class BatchSink(Protocol):
@@ -157,7 +78,7 @@ class DeliverySink:
         self.partition = partition
         self.report = report
         self.ranges = in_doubt_ranges
-        self.max_in_flight = ctx.batches_in_flight
+        self.max_in_flight = ctx.destination.batches_in_flight
         self.pool = ThreadPoolExecutor(self.max_in_flight, thread_name_prefix=f"send-{ctx.name}")
         self.pending: deque[tuple[Batch, Future[SendResult]]] = deque()
 
@@ -195,7 +116,7 @@ class DeliverySink:
 
     def _in_doubt(self, batch: Batch, result: SendResult) -> int:
         """Events delivered now that an earlier attempt may have delivered too (no vendor dedup)."""
-        if self.ctx.vendor.deduplicates or not (self.ranges or result.ambiguous):
+        if self.ctx.destination.deduplicates or not (self.ranges or result.ambiguous):
             return 0
         return sum(
             1
@@ -252,7 +173,7 @@ def submit_partition(
     on_rows: RowsCallback | None = None,
 ) -> None:
     """Read the day after ``cursor``, map every row, cut batches, hand them all to the sink."""
-    mapper = ctx.mapper
+    mapper = ctx.destination.mapper
     # closed at once if this stops half-way: the reader may be asked for the next day
     with closing(ctx.read_tuples(day, cursor)) as chunks:
         for names, chunk in chunks:
@@ -296,13 +217,13 @@ class PartitionRun:
         store = ctx.store
         if dry_run is not None:  # the whole day, whatever was sent: no state read or written
             self.cursor = None
-            self.batcher = ctx.batcher(1)
+            self.batcher = ctx.destination.batcher(1)
             self.sink = DryRunSink(ctx, self.partition, self.report, dry_run)
         else:
             assert store is not None
-            checkpoint = store.start(ctx.name, self.partition, ctx.fingerprint, restart)
+            checkpoint = store.start(ctx.name, self.partition, ctx.destination.fingerprint, restart)
             self.cursor = checkpoint.cursor
-            self.batcher = ctx.batcher(store.next_seq(ctx.name, self.partition))
+            self.batcher = ctx.destination.batcher(store.next_seq(ctx.name, self.partition))
             ranges = store.in_doubt_ranges(ctx.name, self.partition)
             self.sink = DeliverySink(ctx, self.partition, self.report, ranges)
 
@@ -312,7 +233,7 @@ class PartitionRun:
         reader = self.ctx.reader
         if reader is None:
             return
-        columns = self.ctx.mapper.columns
+        columns = self.ctx.destination.mapper.columns
         reader.ask(self.day, columns, self.cursor)
         after = None
         if self.dry_run is None and not self.restart and self.ctx.store is not None:

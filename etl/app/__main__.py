@@ -1,0 +1,3 @@
+from etl.app.cli import main
+
+main()

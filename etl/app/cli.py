@@ -1,0 +1,72 @@
+"""The `etl` command: run, plan, status, dead letters, sandbox, demo, ui, bench."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from etl.app import pipeline_commands, tool_commands
+from etl.errors import EtlError
+
+
+class _Group(click.Group):
+    """Turns every EtlError into one clear line and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EtlError as exc:
+            raise click.ClickException(str(exc)) from None
+        except SQLAlchemyError as exc:
+            if "-v" in sys.argv or "--verbose" in sys.argv:
+                raise
+            first = str(exc).splitlines()[0]
+            raise click.ClickException(f"database error: {first} (-v shows the details)") from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: progress up to the last acknowledged batch is saved", err=True)
+            sys.exit(130)
+        except BrokenPipeError:  # `etl plan | head`: the reader left; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        except (click.ClickException, click.exceptions.Exit, SystemExit):
+            raise
+        except Exception as exc:
+            if "-v" in sys.argv or "--verbose" in sys.argv:
+                raise
+            raise click.ClickException(
+                f"unexpected {type(exc).__name__}: {exc} (etl -v ... shows the traceback)"
+            ) from None
+
+
+@click.group(cls=_Group)
+@click.option("-v", "--verbose", is_flag=True, help="Log retries and other details.")
+@click.version_option(package_name="etl-backfill")
+def cli(verbose: bool) -> None:
+    """Backfill user actions from a SQL warehouse into vendor event APIs."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+for command in (
+    pipeline_commands.run,
+    pipeline_commands.plan,
+    pipeline_commands.status,
+    pipeline_commands.dead_letters,
+    pipeline_commands.state_ddl,
+    tool_commands.sandbox,
+    tool_commands.demo,
+    tool_commands.ui,
+    tool_commands.bench,
+):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="etl")

@@ -1,0 +1,91 @@
+"""A destination resolved once: its vendor, URL, limits, batch shape and mapping, in one object.
+
+The pipeline file says what the user chose (``max_in_flight``, ``batch_size``, ``rate_limit``) and
+the vendor what it allows; :class:`Destination` holds the result, and the sender, the runner, the
+planner and the partition engine read it instead of working it out again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from etl.batching import Batcher
+from etl.config import DestinationConfig, PipelineConfig, RateLimit, SourceConfig
+from etl.mapping import Mapper, mapping_fingerprint
+from etl.vendors import vendor_class
+from etl.vendors.base import Endpoint, Vendor
+
+# One-event vendors send a batch as a wave of parallel requests; this many waves overlap.
+WAVES_IN_FLIGHT = 3
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Everything fixed about one destination for the length of a run (no credentials)."""
+
+    name: str
+    config: DestinationConfig
+    vendor: Vendor
+    base_url: str
+    endpoint: Endpoint
+    rate: RateLimit  # the destination's rate_limit, else the vendor's published one
+    events_per_request: int
+    events_per_batch: int  # a request's events; for one-event vendors, a wave of requests
+    batches_in_flight: int
+    requests_in_flight: int  # requests sent at once (max_in_flight)
+    mapper: Mapper
+    fingerprint: str
+
+    @classmethod
+    def resolve(cls, name: str, config: DestinationConfig, source: SourceConfig) -> Destination:
+        vendor = vendor_class(config.vendor).from_config(config)
+        endpoint = vendor.endpoint()
+        if endpoint.json_array:
+            per_request = min(config.batch_size or endpoint.max_events, endpoint.max_events)
+            per_batch, batches = per_request, config.max_in_flight
+        else:  # a batch is one wave of parallel requests, checkpointed together
+            per_request, per_batch, batches = 1, config.max_in_flight, WAVES_IN_FLIGHT
+        return cls(
+            name=name,
+            config=config,
+            vendor=vendor,
+            base_url=config.base_url or vendor.default_base_url(),
+            endpoint=endpoint,
+            rate=config.rate_limit or endpoint.rate_limit,
+            events_per_request=per_request,
+            events_per_batch=per_batch,
+            batches_in_flight=batches,
+            requests_in_flight=config.max_in_flight,
+            mapper=Mapper(name, config, source, vendor),
+            fingerprint=mapping_fingerprint(source, config),
+        )
+
+    @property
+    def url(self) -> str:
+        """Where the requests go."""
+        return self.base_url + self.endpoint.path
+
+    @property
+    def deduplicates(self) -> bool:
+        """The vendor drops an event it already has: a resend is harmless."""
+        return self.vendor.deduplicates
+
+    @property
+    def ceiling(self) -> float:
+        """The most events a second the rate limit lets through."""
+        return self.rate.per_second * self.events_per_request
+
+    @property
+    def credential_hint(self) -> str:
+        """Where the user finds the credential to check (never the credential itself)."""
+        refs = ", ".join(self.config.credentials.values())
+        return f"the key in {refs} (destinations.{self.name}.credentials)"
+
+    def batcher(self, first_seq: int) -> Batcher:
+        """A batcher that cuts this destination's batches, numbered from ``first_seq``."""
+        return Batcher(self.vendor, self.events_per_batch, self.endpoint.max_bytes, first_seq)
+
+
+def resolve_destination(config: PipelineConfig, name: str) -> Destination:
+    """The destination ``name`` of a pipeline, resolved."""
+    return Destination.resolve(name, config.destinations[name], config.source)

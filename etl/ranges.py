@@ -1,0 +1,57 @@
+"""Ranges of daily partitions: which UTC days a run covers, and which of them a vendor refuses."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from etl.config import PipelineConfig
+from etl.destination import Destination
+from etl.errors import ConfigError
+from etl.source import Source
+from etl.state import StateStore
+from etl.timestamps import day_bounds
+
+
+def yesterday() -> date:
+    return datetime.now(UTC).date() - timedelta(days=1)
+
+
+def days_between(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def partition_days(
+    config: PipelineConfig, first_day: date | None, last_day: date | None
+) -> list[date]:
+    """The UTC days from ``first_day`` (default: start_date) to ``last_day`` (default:
+    yesterday), inclusive; an empty range is refused."""
+    first = first_day or config.start_date
+    last = last_day or yesterday()
+    if last < first:
+        raise ConfigError(f"the range is empty: {first} is after {last}")
+    return days_between(first, last)
+
+
+def skip_too_old(
+    destination: Destination, source: Source, days: list[date], store: StateStore | None
+) -> tuple[list[date], str | None, int]:
+    """Days wholly older than the vendor accepts are not read: the days left, a message that
+    says how many rows that leaves out, and that number. With a store, they are recorded as
+    ``skipped``."""
+    vendor = destination.vendor
+    oldest = vendor.oldest_allowed()
+    if oldest is None or vendor.max_age is None:
+        return days, None, 0
+    too_old = [d for d in days if day_bounds(d)[1] <= oldest]
+    if not too_old:
+        return days, None, 0
+    rows = source.count(too_old[0], too_old[-1])
+    reason = f"older than {vendor.title}'s {vendor.max_age.days}-day window"
+    if store is not None:
+        for day in too_old:
+            store.mark_skipped(destination.name, day.isoformat(), destination.fingerprint, reason)
+    message = (
+        f"{destination.name}: {rows:,} rows from {too_old[0]} to {too_old[-1]} are {reason}: "
+        f"those {len(too_old)} partitions are skipped and nothing of them is sent"
+    )
+    return days[len(too_old) :], message, rows

@@ -1,0 +1,88 @@
+"""What every vendor emulator shares: replies, faults, the strict sliding window, the base class.
+
+Its own module, so that the emulators and the server that routes to them import it and not each
+other.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+
+class SandboxState(Protocol):
+    """What an emulator reads and writes of the sandbox that holds it."""
+
+    time_scale: float
+    clock: Callable[[], float]
+    stats: dict[str, Counter[str]]
+
+    def record(self, vendor: str, event: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Faults:
+    """Faults injected into one vendor's responses."""
+
+    error_rate: float = 0.0  # answer 503 without storing
+    lose_rate: float = 0.0  # store, then drop the connection without answering
+    latency_ms: float = 0.0  # added before every answer
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any = None
+    headers: dict[str, str] | None = None
+    content_type: str = "application/json"
+
+
+class SlidingWindow:
+    """At most ``limit`` requests per key in any window of ``seconds`` (the strict reading)."""
+
+    def __init__(self, limit: int, seconds: float, clock: Callable[[], float]) -> None:
+        self.limit = limit
+        self.seconds = seconds
+        self.clock = clock
+        self.hits: dict[str, deque[float]] = defaultdict(deque)
+
+    def check(self, key: str) -> float | None:
+        """Record a request; return None if allowed, else the seconds until it would be."""
+        now = self.clock()
+        hits = self.hits[key]
+        while hits and hits[0] <= now - self.seconds:
+            hits.popleft()
+        if len(hits) >= self.limit:
+            return max(hits[0] + self.seconds - now, 0.001)
+        hits.append(now)
+        return None
+
+
+class VendorEmulator:
+    """One vendor's API. Subclasses route requests; the sandbox serializes calls with its lock."""
+
+    name: ClassVar[str]
+
+    def __init__(self, sandbox: SandboxState) -> None:
+        self.sandbox = sandbox
+
+    def limiter(self, requests: int, per_seconds: float) -> SlidingWindow:
+        return SlidingWindow(requests, per_seconds / self.sandbox.time_scale, self.sandbox.clock)
+
+    def throttled(self, retry_after: float) -> Reply:
+        self.sandbox.stats[self.name]["throttled"] += 1
+        shown = (
+            f"{retry_after:.3f}".rstrip("0").rstrip(".")
+            if retry_after < 10
+            else str(int(retry_after + 0.999))
+        )
+        return Reply(429, {"message": "Too many requests"}, {"Retry-After": shown})
+
+    def store(self, event: dict[str, Any]) -> None:
+        self.sandbox.record(self.name, event)
+
+    def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Reply:
+        """Answer one request; ``headers`` is case-insensitive."""
+        raise NotImplementedError

@@ -1,0 +1,18 @@
+"""The tool's state in the warehouse: checkpoints, the batch ledger, dead letters, rate budgets.
+
+``tables`` declares the tables, ``positions`` encodes cursors, ``ledger`` writes what one
+acknowledged batch changes, and ``store`` is the one object the rest of the tool talks to.
+"""
+
+from etl.state.positions import decode_position, encode_position
+from etl.state.store import Checkpoint, StateStore, open_store
+from etl.state.tables import generate_ddl
+
+__all__ = [
+    "Checkpoint",
+    "StateStore",
+    "decode_position",
+    "encode_position",
+    "generate_ddl",
+    "open_store",
+]
