@@ -139,6 +139,8 @@ def destination_asset(
             log=context.log.info,
         )
         [dest_report] = report.destinations
+        in_run = {d.isoformat() for d in _day_list(first, last)}
+        dest_report.partitions = [p for p in dest_report.partitions if p.partition in in_run]
         store = open_store(run_config)
         try:
             span = {d.isoformat() for d in _day_list(first, last)}

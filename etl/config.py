@@ -211,6 +211,11 @@ class StateConfig(_Model):
     url: str | None = None
     schema_name: str | None = Field(default=None, alias="schema")
     table_prefix: str = "etl_"
+    delivery_log_retention_days: int | None = Field(
+        default=None,
+        gt=0,
+        description="forget the per-row delivery log of days older than this (default: keep it)",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -220,6 +225,16 @@ class StateConfig(_Model):
         if not re.match(r"^[A-Za-z0-9_]*$", value):
             raise ValueError("may hold only letters, digits and '_'")
         return value
+
+
+class LateRows(_Model):
+    """Rows added to a day after it was sent: which complete days a run looks at again."""
+
+    lookback_days: int = Field(
+        default=7,
+        ge=0,
+        description="every run re-checks the complete days this far before its range",
+    )
 
 
 class DagsterSettings(_Model):
@@ -237,6 +252,7 @@ class PipelineConfig(_Model):
     start_date: date
     source: SourceConfig
     state: StateConfig = Field(default_factory=StateConfig)
+    late_rows: LateRows = Field(default_factory=LateRows)
     destinations: dict[str, DestinationConfig]
     dagster: DagsterSettings = Field(default_factory=DagsterSettings)
     path: Path | None = Field(default=None, exclude=True)

@@ -9,6 +9,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from etl.errors import SourceError
+from etl.timestamps import text_to_epoch_us
+
+TEXT_FUNCTION = "etl_text_to_epoch_us"  # a text timestamp as UTC microseconds (etl.windows)
 
 
 def make_engine(url: str) -> Engine:
@@ -19,22 +22,41 @@ def make_engine(url: str) -> Engine:
         shown = url.split("@")[-1] if "@" in url else url
         raise SourceError(f"cannot use warehouse URL ...{shown}: {exc}") from None
     if engine.dialect.name == "sqlite":
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "connect", _sqlite_connection)
+    elif engine.dialect.name == "duckdb":
+        sa.event.listen(engine, "connect", _duckdb_connection)
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     """WAL: readers and one writer at once (parallel runs), commits without a full fsync each
-    (still safe when the process is killed), and a wait instead of 'database is locked'."""
+    (still safe when the process is killed), and a wait instead of 'database is locked'. And
+    the grammar of ``text`` timestamps, for etl.windows."""
     cursor = dbapi_connection.cursor()
     for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
+    dbapi_connection.create_function(TEXT_FUNCTION, 2, text_to_epoch_us, deterministic=True)
 
 
-def safe_url(engine: Engine) -> str:
-    """The engine's URL with its password hidden: what may be shown or logged."""
-    return engine.url.render_as_string(hide_password=True)
+def _duckdb_connection(dbapi_connection: Any, _record: Any) -> None:
+    """The grammar of ``text`` timestamps, for etl.windows (duckdb_engine wraps the
+    connection; its DuckDB connection is what takes a Python function)."""
+    import duckdb.sqltypes as types
+
+    inner = getattr(dbapi_connection, "_ConnectionWrapper__c", dbapi_connection)
+    try:
+        inner.create_function(
+            TEXT_FUNCTION,
+            text_to_epoch_us,
+            [types.VARCHAR, types.VARCHAR],
+            types.BIGINT,
+            null_handling="special",
+            side_effects=False,
+        )
+    except Exception as exc:  # connections of one database share their functions
+        if "already exists" not in str(exc):
+            raise
 
 
 def single_process_only(url: str) -> str | None:
@@ -48,3 +70,8 @@ def single_process_only(url: str) -> str | None:
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         return "an in-memory SQLite database cannot be read from another process"
     return None
+
+
+def safe_url(engine: Engine) -> str:
+    """The engine's URL with its password hidden: what may be shown or logged."""
+    return engine.url.render_as_string(hide_password=True)

@@ -15,9 +15,6 @@ from etl.mapping import Mapper, mapping_fingerprint
 from etl.vendors import vendor_class
 from etl.vendors.base import Endpoint, Vendor
 
-# One-event vendors send a batch as a wave of parallel requests; this many waves overlap.
-WAVES_IN_FLIGHT = 3
-
 
 @dataclass(frozen=True)
 class Destination:
@@ -29,10 +26,8 @@ class Destination:
     base_url: str
     endpoint: Endpoint
     rate: RateLimit  # the destination's rate_limit, else the vendor's published one
-    events_per_request: int
-    events_per_batch: int  # a request's events; for one-event vendors, a wave of requests
-    batches_in_flight: int
-    requests_in_flight: int  # requests sent at once (max_in_flight)
+    events_per_request: int  # and so per batch: a batch is one request
+    requests_in_flight: int  # requests (batches) sent at once: max_in_flight
     mapper: Mapper
     fingerprint: str
 
@@ -40,11 +35,7 @@ class Destination:
     def resolve(cls, name: str, config: DestinationConfig, source: SourceConfig) -> Destination:
         vendor = vendor_class(config.vendor).from_config(config)
         endpoint = vendor.endpoint()
-        if endpoint.json_array:
-            per_request = min(config.batch_size or endpoint.max_events, endpoint.max_events)
-            per_batch, batches = per_request, config.max_in_flight
-        else:  # a batch is one wave of parallel requests, checkpointed together
-            per_request, per_batch, batches = 1, config.max_in_flight, WAVES_IN_FLIGHT
+        per_request = min(config.batch_size or endpoint.max_events, endpoint.max_events)
         return cls(
             name=name,
             config=config,
@@ -53,8 +44,6 @@ class Destination:
             endpoint=endpoint,
             rate=config.rate_limit or endpoint.rate_limit,
             events_per_request=per_request,
-            events_per_batch=per_batch,
-            batches_in_flight=batches,
             requests_in_flight=config.max_in_flight,
             mapper=Mapper(name, config, source, vendor),
             fingerprint=mapping_fingerprint(source, config),
@@ -81,9 +70,11 @@ class Destination:
         refs = ", ".join(self.config.credentials.values())
         return f"the key in {refs} (destinations.{self.name}.credentials)"
 
-    def batcher(self, first_seq: int) -> Batcher:
-        """A batcher that cuts this destination's batches, numbered from ``first_seq``."""
-        return Batcher(self.vendor, self.events_per_batch, self.endpoint.max_bytes, first_seq)
+    def batcher(self, batch_prefix: str = "") -> Batcher:
+        """A batcher that cuts this destination's batches (ids ``<batch_prefix><n>``)."""
+        return Batcher(
+            self.vendor, self.events_per_request, self.endpoint.max_bytes, batch_prefix=batch_prefix
+        )
 
 
 def resolve_destination(config: PipelineConfig, name: str) -> Destination:

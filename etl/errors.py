@@ -33,3 +33,21 @@ class FatalDeliveryError(DeliveryError):
 
 class RetriesExhaustedError(DeliveryError):
     """A retryable failure (429, 5xx, timeout) persisted past the retry budget."""
+
+
+class EndpointError(DeliveryError):
+    """The URL answers, but not as the vendor's API (404, 405, 410, a proxy's 413, a redirect):
+    every request would fail alike, so the destination stops instead of dead-lettering rows."""
+
+
+class UnknownAnswerError(DeliveryError):
+    """Answers that are not the vendor's documented success nor a documented error, again and
+    again (an HTML page, an empty body): nothing says the events were stored."""
+
+
+class LeaseHeldError(EtlError):
+    """Another run is sending this destination's partition now."""
+
+
+class StateDatabaseError(EtlError):
+    """The state database refuses to record progress (read-only, full, locked)."""

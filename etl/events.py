@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -51,6 +52,7 @@ class Filtered:
     """The row is not for this destination."""
 
     position: Position
+    source_key: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,29 +82,71 @@ class DeadLetter:
 
 
 @dataclass(slots=True)
-class Batch:
-    """A run of consecutive source rows: the events to send plus the rows that need no request.
+class Slice:
+    """The rows of one partition in a batch: a run of consecutive rows of that partition, and
+    the range ``start:end`` of the batch's events that came from them.
 
-    ``first``/``last`` bound every row assigned to the batch, so that acknowledging it lets the
+    ``first``/``last`` bound every row of the slice, so that committing it lets the partition's
     cursor move past all of them.
     """
 
-    seq: int
+    partition: str
+    seq: int  # the partition's own sequence of slices: its ledger rows
     first: Position
     last: Position
+    start: int = 0
+    end: int = 0
+    filtered: list[str] = field(default_factory=list)  # source keys of filtered rows
+    rejected: list[DeadLetter] = field(default_factory=list)
+
+    @property
+    def rows_read(self) -> int:
+        return self.end - self.start + len(self.filtered) + len(self.rejected)
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one request carries (events) and the rows that need none, cut into one slice per
+    partition: a batch may hold the end of one day and the start of the next."""
+
+    batch_id: str
+    slices: list[Slice] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     # Each event's payload as JSON, encoded once. The payloads themselves are not kept: they
     # are freed while still in the processor's cache (freed a batch later, they cost 1 us each).
     encoded: list[bytes] = field(default_factory=list)
     nbytes: int = 0
-    rows_read: int = 0
-    filtered: int = 0
-    rejected: list[DeadLetter] = field(default_factory=list)
+    rows: int = 0
 
     def payload(self, index: int) -> dict[str, Any]:
         """The payload of event ``index``, as sent."""
         value: dict[str, Any] = json.loads(self.encoded[index])  # exact, big integers too
         return value
+
+    # what the slices hold together
+    @property
+    def seq(self) -> int:
+        return self.slices[0].seq
+
+    @property
+    def first(self) -> Position:
+        return self.slices[0].first
+
+    @property
+    def last(self) -> Position:
+        return self.slices[-1].last
+
+    @property
+    def rows_read(self) -> int:
+        return self.rows
+
+    @property
+    def filtered(self) -> int:
+        return sum(len(s.filtered) for s in self.slices)
+
+    @property
+    def rejected(self) -> list[DeadLetter]:
+        return [d for s in self.slices for d in s.rejected]
 
 
 @dataclass(slots=True)
@@ -114,16 +158,13 @@ class SendResult:
     requests: int = 0
     retries: int = 0
     throttled: int = 0  # 429 responses
-    # delivered after a failure that may have stored them already (timeout, 5xx, lost reply)
-    ambiguous: set[int] = field(default_factory=set)
+    # per event, the attempts before its final answer whose fate is unknown (a timeout, a 5xx,
+    # a lost reply, an answer that is not the vendor's success): each may have stored a copy
+    unknown: Counter[int] = field(default_factory=Counter)
     last_status: int | None = None
+    not_sent: bool = False  # stopped before any request of the batch left
 
-    def merge(self, other: SendResult) -> None:
-        self.delivered.extend(other.delivered)
-        self.dead.extend(other.dead)
-        self.requests += other.requests
-        self.retries += other.retries
-        self.throttled += other.throttled
-        self.ambiguous |= other.ambiguous
-        if other.last_status is not None:
-            self.last_status = other.last_status
+    @property
+    def ambiguous(self) -> set[int]:
+        """The events that may have been stored more than once."""
+        return {i for i, n in self.unknown.items() if n > 0}

@@ -20,13 +20,13 @@ from etl.events import (
     event_id_for,
     event_ids_for,
 )
+from etl.filters import EventNames, RowFilter
 from etl.timestamps import TimestampError, localize, to_utc, zone
 from etl.values import (
     ArgTypeError,
     coerce_arg,
     is_missing,
     json_safe,
-    normalize,
     parse_json_object,
 )
 from etl.vendors.base import Vendor
@@ -57,20 +57,19 @@ class Mapper:
         self.ts_column = source.timestamp_column
         self.ts_type = source.timestamp_type
         self.tz = zone(source.timezone)
-        self._filters = {
-            col: {normalize(v) for v in allowed} for col, allowed in self.mapping.filter.items()
-        }
+        spec = self.mapping.event_name
+        self.names = EventNames(spec) if isinstance(spec, EventNameFromColumn) else None
+        self.filter = RowFilter(self.mapping, self.names)
         self.columns = sorted(self.mapping.columns() | {self.key_column, self.ts_column})
         self._args = list(self.mapping.args.items())
         self._fields = list(self.mapping.fields.items())
 
     def map_row(self, row: dict[str, Any]) -> RowOutcome:
         position = (row[self.ts_column], row[self.key_column])
-        for col, allowed in self._filters.items():
-            if normalize(row.get(col)) not in allowed:
-                return Filtered(position)
         key = row[self.key_column]
         source_key = key if type(key) is str else str(json_safe(key))
+        if not self.filter.keeps(row):
+            return Filtered(position, source_key)
         event_id = event_id_for(self.destination, source_key)
         try:
             event = self._event(row, position, source_key, event_id)
@@ -94,12 +93,16 @@ class Mapper:
         n = len(rows)
         column = _column_reader(names, rows)
         positions = list(zip(column(self.ts_column), column(self.key_column), strict=True))
+        source_keys = [
+            k if type(k) is str else str(k) if type(k) is int else str(json_safe(k))
+            for _, k in positions
+        ]
         keep = self._kept(column, n)
         slow = [not k for k in keep]  # no fast path for filtered rows: they need none
-        events = self._events(column, positions, slow)
+        events = self._events(column, positions, source_keys, slow)
         validate = self.vendor.validate
         return [
-            Filtered(positions[i])
+            Filtered(positions[i], source_keys[i])
             if not keep[i]
             else self.map_row(dict(zip(names, rows[i], strict=True)))
             if slow[i] or validate(events[i]) is not None
@@ -109,15 +112,15 @@ class Mapper:
 
     def _kept(self, column: _Column, n: int) -> list[bool]:
         """Which rows pass every filter."""
-        keep = [True] * n
-        for name, allowed in self._filters.items():
-            keep = [
-                k and (v if type(v) is str else normalize(v)) in allowed
-                for k, v in zip(keep, column(name), strict=True)
-            ]
-        return keep
+        return self.filter.kept({c: column(c) for c in self.filter.allowed}, n)
 
-    def _events(self, column: _Column, positions: list[Position], slow: list[bool]) -> list[Event]:
+    def _events(
+        self,
+        column: _Column,
+        positions: list[Position],
+        source_keys: list[str],
+        slow: list[bool],
+    ) -> list[Event]:
         """Every row's event as the fast paths build it; rows they cannot decide are marked
         ``slow`` (their event is then meaningless and ``map_row`` decides)."""
         n = len(positions)
@@ -135,10 +138,6 @@ class Mapper:
         props = None
         if mapping.properties_column:
             props = self._properties(column(mapping.properties_column), slow)
-        source_keys = [
-            k if type(k) is str else str(k) if type(k) is int else str(json_safe(k))
-            for _, k in positions
-        ]
         values = zip(
             event_ids_for(self.destination, source_keys),
             source_keys,
@@ -155,10 +154,12 @@ class Mapper:
         return [Event(*v) for v in values]
 
     def _times(self, values: list[Any], slow: list[bool]) -> list[datetime | None]:
-        """Text and datetime timestamps in UTC; anything else is left to map_row."""
+        """Timestamps in UTC; a value no fast path reads is left to map_row."""
         tz, kind = self.tz, self.ts_type
+        if kind == "text":  # the grammar that placed the row in its partition, value by value
+            return self._each_time(values, slow, lambda v: to_utc(v, "text", tz))
         parse = datetime.fromisoformat
-        if kind in ("text", "datetime") and tz is UTC:
+        if kind == "datetime" and tz is UTC:
             try:  # the commonest case: ISO text without an offset (datetime.replace is slow)
                 return [parse(v + "+00:00") for v in values]
             except (TypeError, ValueError, OverflowError):
@@ -170,24 +171,25 @@ class Mapper:
                 ]
             except (TypeError, ValueError, OverflowError):
                 pass  # some value is not: value by value
+
+        def one(value: Any) -> datetime:
+            if kind != "datetime" or type(value) not in (str, datetime):
+                raise TimestampError("no fast path")
+            return localize(parse(value) if type(value) is str else value, tz)
+
+        return self._each_time(values, slow, one)
+
+    @staticmethod
+    def _each_time(
+        values: list[Any], slow: list[bool], read: Callable[[Any], datetime]
+    ) -> list[datetime | None]:
         out: list[datetime | None] = [None] * len(values)
         for i, value in enumerate(values):
             if slow[i]:
                 continue
             try:
-                if type(value) is str and kind in ("text", "datetime"):
-                    parsed = parse(value)
-                elif type(value) is datetime and kind == "datetime":
-                    parsed = value
-                else:
-                    slow[i] = True
-                    continue
-            except ValueError:
-                slow[i] = True
-                continue
-            try:
-                out[i] = localize(parsed, tz)
-            except TimestampError:
+                out[i] = read(value)
+            except ValueError:  # TimestampError too: map_row says why
                 slow[i] = True
         return out
 
@@ -196,9 +198,8 @@ class Mapper:
         if not isinstance(spec, EventNameFromColumn):
             return [spec] * n
         raw = _texts(column(spec.column), slow, strip=False)
-        rename = spec.rename
-        names = [rename.get(v, v) if v is not None else "" for v in raw]
-        return [v.lower() for v in names] if spec.lowercase else names
+        assert self.names is not None
+        return [self.names.name_of(v) if v is not None else "" for v in raw]
 
     def _typed_columns(
         self, column: _Column, n: int, specs: list[tuple[str, ArgSpec]], slow: list[bool]
@@ -271,9 +272,8 @@ class Mapper:
             raw_name = row.get(name_spec.column)
             if is_missing(raw_name):
                 raise _RowProblem(f"event name column {name_spec.column} is empty")
-            name = name_spec.rename.get(str(raw_name), str(raw_name))
-            if name_spec.lowercase:
-                name = name.lower()
+            assert self.names is not None
+            name = self.names.name_of(str(raw_name))
         else:
             name = name_spec
 

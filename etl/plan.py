@@ -1,8 +1,11 @@
 """`etl plan`: what a run would do, before anything is sent.
 
-For each destination and partition: rows, rows to send, rows filtered, rows that known vendor
-rules will reject (counted per reason), requests, and the duration the vendor's rate limit
-implies. It reads the warehouse with the real mapping and batching, and writes nothing.
+For each destination and partition: rows, rows already sent, rows to send, rows filtered, rows
+that known vendor rules will reject (counted per reason), requests, and the duration the
+vendor's rate limit implies; for the source, the rows outside every partition, by kind; for the
+filters, the rows they drop only because of case or spaces. It reads the checkpoints and the
+delivery log as a run would (a complete day whose count has not changed is not read again), the
+warehouse with the real mapping and batching, and writes nothing.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from datetime import date
 from etl.config import PipelineConfig, RateLimit
 from etl.destination import Destination, resolve_destination
 from etl.events import Batch
-from etl.partition import DestinationContext, submit_partition
-from etl.ranges import partition_days, skip_too_old
+from etl.partition import MAP_SLICE, DestinationContext, LogFilter, PartitionTask, plan_task
+from etl.ranges import lookback_days, partition_days, skip_too_old
 from etl.source import Source
+from etl.state import StateStore, existing_store
+from etl.windows import UNDATED, Outside
 
 _DETAIL = re.compile(r" \(got .*\)$")
 
@@ -30,7 +35,9 @@ def reason_kind(reason: str) -> str:
 @dataclass
 class PartitionPlan:
     partition: str
-    rows: int = 0
+    mode: str = "new"
+    rows: int = 0  # rows the run would read and decide on now
+    sent: int = 0  # rows decided by earlier runs
     to_send: int = 0
     filtered: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -46,6 +53,7 @@ class DestinationPlan:
     skipped: str | None = None
     skipped_rows: int = 0
     skipped_reason: str = ""
+    near_misses: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def total(self, attr: str) -> int:
         return sum(int(getattr(p, attr)) for p in self.partitions)
@@ -66,24 +74,30 @@ class DestinationPlan:
         return self.total("requests") / self.rate.per_second
 
 
+@dataclass
+class Plan:
+    destinations: list[DestinationPlan]
+    outside: Outside
+    first_day: date
+    last_day: date
+    start_date: date
+
+
 class _PlanSink:
-    def __init__(self, plan: PartitionPlan, json_array: bool) -> None:
-        self.plan = plan
-        self.json_array = json_array
+    """Counts what each slice of each batch holds; a batch's request counts in its first."""
+
+    def __init__(self, plans: dict[str, PartitionPlan]) -> None:
+        self.plans = plans
 
     def submit(self, batch: Batch) -> None:
-        self.plan.rows += batch.rows_read
-        self.plan.to_send += len(batch.events)
-        self.plan.filtered += batch.filtered
-        self.plan.rejected.update(reason_kind(d.reason) for d in batch.rejected)
-        if batch.events:
-            self.plan.requests += 1 if self.json_array else len(batch.events)
-
-    def drain(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
+        for index, part in enumerate(batch.slices):
+            plan = self.plans[part.partition]
+            plan.rows += part.rows_read
+            plan.to_send += part.end - part.start
+            plan.filtered += len(part.filtered)
+            plan.rejected.update(reason_kind(d.reason) for d in part.rejected)
+            if index == 0 and batch.events:
+                plan.requests += 1
 
 
 def plan_backfill(
@@ -91,21 +105,31 @@ def plan_backfill(
     destinations: list[str] | None = None,
     first_day: date | None = None,
     last_day: date | None = None,
-) -> list[DestinationPlan]:
+    include_today: bool = False,
+) -> Plan:
     """Plan the range (default: start_date to yesterday) for the chosen destinations."""
-    days = partition_days(config, first_day, last_day)
+    days = partition_days(config, first_day, last_day, include_today)
     source = Source(config)
+    store = existing_store(config)
     try:
-        return [
-            _plan_destination(resolve_destination(config, name), source, days)
+        plans = [
+            _plan_destination(resolve_destination(config, name), source, store, config, days)
             for name in config.destination_names(destinations)
         ]
+        outside = source.outside(days[-1])
     finally:
         source.engine.dispose()
+        if store is not None:
+            store.close()
+    return Plan(plans, outside, days[0], days[-1], config.start_date)
 
 
 def _plan_destination(
-    destination: Destination, source: Source, days: list[date]
+    destination: Destination,
+    source: Source,
+    store: StateStore | None,
+    config: PipelineConfig,
+    days: list[date],
 ) -> DestinationPlan:
     vendor = destination.vendor
     plan = DestinationPlan(destination.name, destination.config.vendor, destination.rate)
@@ -115,14 +139,56 @@ def _plan_destination(
             f"in partitions older than {vendor.title}'s {vendor.max_age.days}-day "
             "window (not read, not sent)"
         )
-    ctx = DestinationContext(destination, source)
-    json_array = destination.endpoint.json_array
-    for day in kept:
-        partition = PartitionPlan(day.isoformat())
-        sink = _PlanSink(partition, json_array)
-        submit_partition(ctx, day, None, destination.batcher(1), sink)
-        plan.partitions.append(partition)
+    ctx = DestinationContext(destination, source, store)
+    tasks = _tasks(ctx, store, kept, lookback_days(config, days[0]))
+    plans = {t.key: PartitionPlan(t.key, t.mode) for t in tasks}
+    for task in tasks:
+        if task.checkpoint is not None:
+            plans[task.key].sent = task.checkpoint.present
+    _read(ctx, tasks, plans)
+    plan.partitions = [plans[t.key] for t in tasks]
+    plan.near_misses = destination.mapper.filter.near_misses
     return plan
+
+
+def _tasks(
+    ctx: DestinationContext, store: StateStore | None, days: list[date], earlier: list[date]
+) -> list[PartitionTask]:
+    checkpoints = {cp.partition: cp for cp in store.checkpoints_of(ctx.name)} if store else {}
+    tasks = []
+    for day in earlier:
+        cp = checkpoints.get(day.isoformat())
+        if cp is not None and plan_task(ctx, day, cp).mode == "recheck":
+            tasks.append(plan_task(ctx, day, cp))
+    tasks += [plan_task(ctx, day, checkpoints.get(day.isoformat())) for day in days]
+    tasks.append(plan_task(ctx, None, checkpoints.get(UNDATED)))
+    return tasks
+
+
+def _read(
+    ctx: DestinationContext, tasks: list[PartitionTask], plans: dict[str, PartitionPlan]
+) -> None:
+    """Read every partition a run would read, into one stream of batches as a run cuts it."""
+    destination = ctx.destination
+    mapper = destination.mapper
+    mapper.filter.track_near_misses = True
+    batcher = destination.batcher()
+    sink = _PlanSink(plans)
+    log_filter = LogFilter(ctx, dry=True) if ctx.store is not None else None
+    for task in tasks:
+        if task.mode == "skip":
+            continue
+        batcher.start_partition(task.key, 1)
+        for names, chunk in ctx.read_tuples(task.day, task.cursor):
+            for start in range(0, len(chunk), MAP_SLICE):
+                outcomes = mapper.map_chunk(names, chunk[start : start + MAP_SLICE])
+                if log_filter is not None:
+                    outcomes = log_filter.new_rows(task, outcomes)
+                for batch in batcher.add_chunk(outcomes):
+                    sink.submit(batch)
+    last = batcher.flush()
+    if last is not None:
+        sink.submit(last)
 
 
 def format_duration(seconds: float) -> str:

@@ -21,15 +21,32 @@ def days_between(first: date, last: date) -> list[date]:
 
 
 def partition_days(
-    config: PipelineConfig, first_day: date | None, last_day: date | None
+    config: PipelineConfig,
+    first_day: date | None,
+    last_day: date | None,
+    include_today: bool = False,
 ) -> list[date]:
     """The UTC days from ``first_day`` (default: start_date) to ``last_day`` (default:
-    yesterday), inclusive; an empty range is refused."""
+    yesterday), inclusive. An empty range is refused, and so is one that ends today or later
+    (today's partition is still filling) unless ``include_today``."""
     first = first_day or config.start_date
     last = last_day or yesterday()
     if last < first:
         raise ConfigError(f"the range is empty: {first} is after {last}")
+    if last > yesterday() and not include_today:
+        raise ConfigError(
+            f"the range ends on {last}, but today's partition ({yesterday() + timedelta(days=1)})"
+            f" is still filling and later ones are empty: end it on {yesterday()} (--to), or "
+            "ask for it with --include-today"
+        )
     return days_between(first, last)
+
+
+def lookback_days(config: PipelineConfig, first: date) -> list[date]:
+    """The days before a range that a run re-checks for late rows (late_rows.lookback_days),
+    from start_date on."""
+    earliest = max(config.start_date, first - timedelta(days=config.late_rows.lookback_days))
+    return days_between(earliest, first - timedelta(days=1)) if earliest < first else []
 
 
 def skip_too_old(

@@ -60,7 +60,7 @@ class ReaderProcess:
         self._requests: Connection | None = None
         self._chunks: Connection | None = None
         self._reading: object | None = None  # the stream the child is sending, if unfinished
-        self._asked: deque[tuple[date, list[str], Position | None]] = deque()  # not read yet
+        self._asked: deque[tuple[date | None, list[str], Position | None]] = deque()
 
     def _start(self) -> tuple[Connection, Connection]:
         if self._requests is not None and self._chunks is not None:
@@ -87,7 +87,7 @@ class ReaderProcess:
         self._requests.send(self.config)
         return self._requests, self._chunks
 
-    def ask(self, day: date, columns: Iterable[str], after: Position | None = None) -> None:
+    def ask(self, day: date | None, columns: Iterable[str], after: Position | None = None) -> None:
         """Have the child read this day after what it was asked before, ahead of the run, so
         that the next day's first chunk is ready when this day's last one is sent."""
         request = (day, list(columns), after)
@@ -99,7 +99,7 @@ class ReaderProcess:
             requests.send(request)
 
     def read_tuples(
-        self, day: date, columns: Iterable[str], after: Position | None = None
+        self, day: date | None, columns: Iterable[str], after: Position | None = None
     ) -> Chunks:
         """What ``Source.read_tuples`` gives, read by the child."""
         request = (day, list(columns), after)

@@ -2,21 +2,29 @@
 
 Rows fixed in the warehouse (or a mapping or vendor setting fixed since) get delivered and move
 from the dead-letter counter to the delivered one; the others stay dead with their new reason.
+A replay sends through the same ledger as a run (each batch marked sent as it leaves, committed
+as its answers come back, under the partitions' leases), so a replay that is stopped or killed
+half-way is resumed by the next one, and its copies in doubt are counted as a run's are.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from etl.config import PipelineConfig
 from etl.destination import Destination, resolve_destination
-from etl.events import DeadLetter, Event, Filtered
+from etl.errors import DeliveryError
+from etl.events import Batch, DeadLetter, Event, Filtered, SendResult
 from etl.loader import resolve_credentials
-from etl.sender import Sender, open_sender
+from etl.sender import open_sender
+from etl.sink import DeliverySink
 from etl.source import Source
-from etl.state import open_store
-from etl.vendors.base import encode_json
+from etl.state import StateStore, open_store
+from etl.state.ledger import Acknowledged
+from etl.timing import REAL_TIME, Timing
 
 Replayed = tuple[str, Event]  # a dead letter's partition, and its row's event as mapped today
 
@@ -27,17 +35,18 @@ class ReplayReport:
     attempted: int = 0
     delivered: int = 0
     still_dead: int = 0
+    in_doubt: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _Outcome:
-    delivered: list[tuple[str, str]] = field(default_factory=list)  # (partition, event id)
-    still_dead: list[tuple[str, DeadLetter]] = field(default_factory=list)
+    error: str | None = None
 
 
 def replay_dead_letters(
-    config: PipelineConfig, destination: str, partition: str | None = None
+    config: PipelineConfig,
+    destination: str,
+    partition: str | None = None,
+    *,
+    timing: Timing = REAL_TIME,
+    stop: threading.Event | None = None,
 ) -> ReplayReport:
     """Map the dead letters' rows again and send what is now valid."""
     dest = resolve_destination(config, destination)
@@ -47,63 +56,110 @@ def replay_dead_letters(
     try:
         letters = store.dead_letters(destination, partition)
         report = ReplayReport(destination, attempted=len(letters))
-        if not letters:
-            return report
-        outcome = _Outcome()
-        to_send = _remap(dest, source, letters, outcome)
-        sender = open_sender(dest, credentials, store)
-        try:
-            _send(dest, sender, to_send, outcome)
-        finally:
-            sender.close()
-            store.record_replay(destination, outcome.delivered, outcome.still_dead)
+        if letters:
+            _Replay(dest, source, store, report).run(letters, credentials, timing, stop)
     finally:
+        store.leases.close()
         source.engine.dispose()
         store.engine.dispose()
-    report.delivered = len(outcome.delivered)
-    report.still_dead = len(outcome.still_dead)
-    for _, dead in outcome.still_dead:
-        report.reasons[dead.reason] = report.reasons.get(dead.reason, 0) + 1
     return report
 
 
-def _remap(
-    dest: Destination, source: Source, letters: list[dict[str, Any]], outcome: _Outcome
-) -> list[Replayed]:
-    """The letters' rows read and mapped again: the events to send; the rest stay dead."""
-    mapper = dest.mapper
-    rows = source.rows_by_key([str(d["source_key"]) for d in letters], mapper.columns)
-    by_key = {str(r[mapper.key_column]): r for r in rows}
-    to_send: list[Replayed] = []
-    for letter in letters:
-        row = by_key.get(str(letter["source_key"]))
-        mapped = mapper.map_row(row) if row is not None else None
-        if isinstance(mapped, Event):
-            to_send.append((letter["partition"], mapped))
-            continue
-        if mapped is None:
-            reason = "the source row no longer exists"
-        elif isinstance(mapped, Filtered):
-            reason = "the mapping's filter now excludes this row"
-        else:
-            reason = mapped.reason
-        dead = DeadLetter(letter["event_id"], letter["source_key"], reason, {})
-        outcome.still_dead.append((letter["partition"], dead))
-    return to_send
+class _Replay:
+    def __init__(
+        self, dest: Destination, source: Source, store: StateStore, report: ReplayReport
+    ) -> None:
+        self.dest = dest
+        self.source = source
+        self.store = store
+        self.report = report
+        self.prior: Counter[str] = Counter()
 
+    def run(
+        self,
+        letters: list[dict[str, Any]],
+        credentials: dict[str, str],
+        timing: Timing,
+        stop: threading.Event | None,
+    ) -> None:
+        name, store = self.dest.name, self.store
+        partitions = sorted({letter["partition"] for letter in letters})
+        for partition in partitions:  # one sender per partition at a time: a run or a replay
+            store.leases.acquire(name, partition)
+            store.start_replay(name, partition)
+            self.prior.update(store.prior_unknown(name, partition, kind="replay"))
+        to_send, still_dead = self._remap(letters)
+        store.update_dead_letters(name, still_dead)
+        self._count_dead(still_dead)
+        sender = open_sender(self.dest, credentials, store, timing=timing, stopping=stop)
+        sink = DeliverySink(
+            name, sender, store, self.dest.requests_in_flight, self._account, self._committed
+        )
+        try:
+            for batch in self._batches(to_send):
+                sink.submit(batch)
+            sink.drain()
+        except DeliveryError as exc:
+            self.report.error = str(exc)
+            sink.stop(10.0)
+        finally:
+            sink.close()
+            sender.close()
 
-def _send(dest: Destination, sender: Sender, to_send: list[Replayed], outcome: _Outcome) -> None:
-    size = dest.events_per_request
-    for start in range(0, len(to_send), size):
-        part = to_send[start : start + size]
-        payloads = [dest.vendor.encode(e) for _, e in part]
-        result = sender.send([encode_json(p) for p in payloads])
-        for i in result.delivered:
-            outcome.delivered.append((part[i][0], part[i][1].event_id))
-        for i, status, message in result.dead:
-            partition, event = part[i]
-            reason = f"rejected by vendor: {message}"
-            dead = DeadLetter(
-                event.event_id, event.source_key, reason, payloads[i], status, message
-            )
-            outcome.still_dead.append((partition, dead))
+    def _remap(self, letters: list[dict[str, Any]]) -> tuple[list[Replayed], list[DeadLetter]]:
+        """The letters' rows read and mapped again: the events to send; the rest stay dead."""
+        mapper = self.dest.mapper
+        rows = self.source.rows_by_key([str(d["source_key"]) for d in letters], mapper.columns)
+        by_key = {str(r[mapper.key_column]): r for r in rows}
+        to_send: list[Replayed] = []
+        still_dead: list[DeadLetter] = []
+        for letter in letters:
+            row = by_key.get(str(letter["source_key"]))
+            mapped = mapper.map_row(row) if row is not None else None
+            if isinstance(mapped, Event):
+                to_send.append((letter["partition"], mapped))
+                continue
+            if mapped is None:
+                reason = "the source row no longer exists"
+            elif isinstance(mapped, Filtered):
+                reason = "the mapping's filter now excludes this row"
+            else:
+                reason = mapped.reason
+            still_dead.append(DeadLetter(letter["event_id"], letter["source_key"], reason, {}))
+        return to_send, still_dead
+
+    def _batches(self, to_send: list[Replayed]) -> list[Batch]:
+        """The events cut into batches, one slice per partition (in the partitions' own
+        sequence, as a run's)."""
+        batcher = self.dest.batcher(batch_prefix="replay-")
+        batches: list[Batch] = []
+        for partition in sorted({p for p, _ in to_send}):
+            batcher.start_partition(partition, self.store.next_seq(self.dest.name, partition))
+            events = [e for p, e in to_send if p == partition]
+            batches.extend(batcher.add_chunk(list(events)))
+        last = batcher.flush()
+        return [*batches, last] if last is not None else batches
+
+    def _account(self, batch: Batch, result: SendResult, in_order: bool) -> Acknowledged:
+        in_doubt: Counter[int] = Counter()
+        if not self.dest.deduplicates:
+            for i in [*result.delivered, *(i for i, _, _ in result.dead)]:
+                copies = self.prior.get(batch.events[i].source_key, 0) + result.unknown[i]
+                if copies:
+                    in_doubt[i] = copies
+        return Acknowledged(batch, result, in_doubt, kind="replay")
+
+    def _committed(self, done: Acknowledged) -> None:
+        result = done.result
+        self.report.delivered += len(result.delivered)
+        self.report.in_doubt += sum(done.in_doubt[i] for i in result.delivered)
+        dead = [
+            DeadLetter("", "", f"rejected by vendor: {message}", {}, status, message)
+            for _, status, message in result.dead
+        ]
+        self._count_dead(dead)
+
+    def _count_dead(self, letters: list[DeadLetter]) -> None:
+        self.report.still_dead += len(letters)
+        for letter in letters:
+            self.report.reasons[letter.reason] = self.report.reasons.get(letter.reason, 0) + 1

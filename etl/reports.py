@@ -5,20 +5,26 @@ The command line prints them, Dagster turns them into metadata, the bench reads 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from etl.events import Batch, SendResult
+from etl.events import Batch, SendResult, Slice
+from etl.windows import Outside
+
+# Statuses of a partition after a run; all but these two mean it failed.
+DONE = ("complete", "skipped")
 
 
 @dataclass
 class PartitionReport:
-    """What one run did to one partition (this run's numbers and the partition's totals)."""
+    """What one run did to one partition."""
 
     destination: str
     partition: str
     status: str = "complete"
+    mode: str = "new"  # new, resume (after its cursor), recheck (late rows), skip (nothing new)
     rows_read: int = 0  # this run
     delivered: int = 0
     dead_letters: int = 0
@@ -27,22 +33,42 @@ class PartitionReport:
     requests: int = 0
     retries: int = 0
     throttled: int = 0
+    deleted: int = 0  # rows read once, gone from the source (found by a re-check)
+    changed: int = 0  # rows changed or moved after they were read (not sent again)
     seconds: float = 0.0
     cursor: str | None = None
     error: str | None = None
     samples: list[Any] = field(default_factory=list)  # payloads, user identifiers masked
 
-    def add(self, batch: Batch, result: SendResult, in_doubt: int) -> None:
-        self.rows_read += batch.rows_read
-        self.delivered += len(result.delivered)
-        self.dead_letters += len(batch.rejected) + len(result.dead)
-        self.filtered += batch.filtered
-        self.in_doubt += in_doubt
-        self.requests += result.requests
-        self.retries += result.retries
-        self.throttled += result.throttled
-        if len(self.samples) < 3 and batch.encoded:
-            self.samples.append(mask_user(batch.payload(0), batch.events[0].user_id))
+    def add(
+        self,
+        batch: Batch,
+        part: Slice,
+        result: SendResult,
+        in_doubt: Counter[int],
+        first: bool,
+    ) -> None:
+        """A committed slice; the batch's requests count in its first slice."""
+        in_range = range(part.start, part.end)
+        delivered = sum(1 for i in result.delivered if part.start <= i < part.end)
+        vendor_dead = sum(1 for i, _, _ in result.dead if part.start <= i < part.end)
+        self.rows_read += part.rows_read
+        self.delivered += delivered
+        self.dead_letters += len(part.rejected) + vendor_dead
+        self.filtered += len(part.filtered)
+        self.in_doubt += sum(in_doubt[i] for i in in_range)
+        if first:
+            self.requests += result.requests
+            self.retries += result.retries
+            self.throttled += result.throttled
+        if len(self.samples) < 3 and part.end > part.start:
+            self.samples.append(
+                mask_user(batch.payload(part.start), batch.events[part.start].user_id)
+            )
+
+    @property
+    def failed(self) -> bool:
+        return self.status not in DONE
 
 
 def mask_identifier(value: str) -> str:
@@ -67,6 +93,7 @@ class DestinationReport:
     error: str | None = None
     seconds: float = 0.0
     skipped: str | None = None  # partitions not sent at all, and why
+    stopped: str | None = None  # a graceful stop: what it left in doubt
 
     def total(self, attr: str) -> int:
         return sum(int(getattr(p, attr)) for p in self.partitions)
@@ -77,7 +104,7 @@ class DestinationReport:
 
     @property
     def failed(self) -> list[PartitionReport]:
-        return [p for p in self.partitions if p.status != "complete"]
+        return [p for p in self.partitions if p.failed]
 
 
 @dataclass
@@ -87,10 +114,13 @@ class RunReport:
     state_url: str
     first_day: date
     last_day: date
+    outside: Outside = field(default_factory=Outside)  # rows outside the range, by kind
+    start_date: date | None = None
+    stopped: bool = False  # stopped by a signal before the end
 
     @property
     def ok(self) -> bool:
-        return all(d.error is None and not d.failed for d in self.destinations)
+        return not self.stopped and all(d.error is None and not d.failed for d in self.destinations)
 
     @property
     def rows_read(self) -> int:

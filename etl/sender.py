@@ -1,53 +1,66 @@
 """Delivering one batch: pacing, retries, splitting a rejected batch, sorting every event.
 
-The vendor says what a response means; this module decides what to do about it. Thread-safe:
-several batches of one destination may be in flight at once, sharing the session and the bucket.
+The vendor says what a response means (:mod:`etl.vendors.answers`); this module decides what to
+do about it, and tells the caller, as each request leaves and as each answer comes back, which
+events a request carried and whether it may have stored them (:class:`Departures`): that is what
+keeps the count of events in doubt exact across crashes. Thread-safe: several batches of one
+destination may be in flight at once, sharing the session and the bucket.
 """
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import threading
+from typing import Protocol
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from etl import __version__
 from etl.destination import Destination
-from etl.errors import FatalDeliveryError, RetriesExhaustedError
+from etl.errors import (
+    DeliveryError,
+    EndpointError,
+    FatalDeliveryError,
+    RetriesExhaustedError,
+    UnknownAnswerError,
+)
 from etl.events import SendResult
 from etl.ratelimit import BucketRegistry, TokenBucket
 from etl.retry import RetryPolicy
 from etl.shared_budget import SharedBucket
 from etl.state import StateStore
-from etl.timing import REAL_TIME, Timing
-from etl.vendors.base import Classified, Verdict
+from etl.timing import REAL_TIME, Interrupted, Timing
+from etl.vendors.answers import Classified, Verdict
 
 log = logging.getLogger(__name__)
+
+USER_AGENT = f"etl-backfill/{__version__}"
+UNKNOWN_ATTEMPTS = 3  # answers that are not the vendor's, in a row, before the destination stops
+
+
+class Departures(Protocol):
+    """Told as the requests of one batch leave and are answered."""
+
+    def leaving(self, indexes: list[int]) -> None:
+        """A request carrying these events is about to leave."""
+
+    def not_landed(self, indexes: list[int]) -> None:
+        """The answer to the last request of these events shows it stored nothing."""
+
+
+class NotSent(Exception):
+    """The run is stopping and no request of this batch had left."""
+
+
+class Stopped(Exception):
+    """The run is stopping between two attempts of a request: the batch stays unanswered."""
 
 
 def credential_string(credentials: dict[str, str]) -> str:
     """The credentials as one string: what a rate budget is kept per (never stored as is)."""
     return "|".join(credentials[k] for k in sorted(credentials))
-
-
-USER_AGENT = f"etl-backfill/{__version__}"
-
-
-@dataclass(frozen=True)
-class _Response:
-    classified: Classified
-    status: int | None
-    ambiguous: bool  # the vendor may have stored the events although we saw no success
-
-
-def _never_reached_vendor(exc: requests.RequestException) -> bool:
-    """True when the request surely did not arrive (connect timeout or refused connection)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return type(reason).__name__ in {"NewConnectionError", "NameResolutionError"}
 
 
 class Sender:
@@ -62,17 +75,19 @@ class Sender:
         buckets: BucketRegistry | None = None,
         shared: SharedBucket | None = None,
         session: requests.Session | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
         """``buckets``: the run's token buckets, shared by its destinations that send to one
-        endpoint with one key; ``shared``: the budget shared with other processes, if any."""
+        endpoint with one key; ``shared``: the budget shared with other processes, if any;
+        ``stopping``: set when the run stops (no request leaves after it)."""
+        config = destination.config
         self.destination = destination.name
         self.vendor = destination.vendor
         self.url = destination.url
-        self.timeout = destination.config.timeout_seconds
-        self.policy = RetryPolicy(
-            max_attempts=destination.config.max_attempts, jitter=timing.jitter
-        )
+        self.timeout = config.timeout_seconds
+        self.policy = RetryPolicy(max_attempts=config.max_attempts, jitter=timing.jitter)
         self.credential_hint = destination.credential_hint
+        self.where = f"destinations.{destination.name}.base_url"
         self._sleep = timing.sleep
         self._headers = {
             "Content-Type": "application/json",
@@ -88,123 +103,183 @@ class Sender:
             ),
         )
         self.shared = shared
-        self._fatal: FatalDeliveryError | None = None
-        pool_size = destination.requests_in_flight
+        self.stopping = stopping or threading.Event()
+        self._fatal: DeliveryError | None = None
         if session is None:
             session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2 * pool_size + 1)
+            size = 2 * destination.requests_in_flight + 1
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=size)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
         self.session = session
         self._environment = session.merge_environment_settings(self.url, {}, None, None, None)
-        # One event per request: the events of a batch go out in parallel, paced by the bucket.
-        self._parallel = (
-            None
-            if destination.endpoint.json_array
-            else ThreadPoolExecutor(pool_size, f"req-{destination.name}")
-        )
 
-    def send(self, payloads: list[bytes]) -> SendResult:
+    def send(self, payloads: list[bytes], departures: Departures | None = None) -> SendResult:
         """Deliver what can be delivered; every payload ends up in ``delivered`` or ``dead``.
 
-        Raises FatalDeliveryError (credential refused) or RetriesExhaustedError; then nothing of
-        this batch is known to be delivered. After a FatalDeliveryError every later call raises
-        it again without a request: the credential is not tried again.
+        Raises a DeliveryError when the destination must stop (credential refused, not the
+        vendor's API at this URL, retries or unknown answers run out): nothing of this batch is
+        then known to be delivered, and every later call raises it again without a request.
+        Raises NotSent or Stopped when the run stops.
         """
         if self._fatal is not None:
             raise self._fatal
-        if self._parallel is None or len(payloads) == 1:
-            result = SendResult()
-            self._send_part(payloads, list(range(len(payloads))), result)
-            return result
-
-        def one(index: int) -> SendResult:
-            part = SendResult()
-            self._send_part(payloads, [index], part)
-            return part
-
         result = SendResult()
-        for part in self._parallel.map(one, range(len(payloads))):
-            result.merge(part)
+        self._send_part(payloads, list(range(len(payloads))), result, departures)
         return result
 
-    def _send_part(self, payloads: list[bytes], idx: list[int], result: SendResult) -> None:
-        response = self._post([payloads[i] for i in idx], result)
-        verdict = response.classified.verdict
-        if verdict is Verdict.DELIVERED:
+    def _send_part(
+        self,
+        payloads: list[bytes],
+        idx: list[int],
+        result: SendResult,
+        departures: Departures | None,
+    ) -> None:
+        classified = self._post(payloads, idx, result, departures)
+        if classified.verdict is Verdict.DELIVERED:
             result.delivered.extend(idx)
-            if response.ambiguous:
-                result.ambiguous.update(idx)
         elif len(idx) == 1:
-            result.dead.append((idx[0], response.status, response.classified.message))
+            result.dead.append((idx[0], result.last_status, classified.message))
         else:  # rejected whole: split to isolate the bad events, deliver the good ones
             half = len(idx) // 2
-            self._send_part(payloads, idx[:half], result)
-            self._send_part(payloads, idx[half:], result)
+            self._send_part(payloads, idx[:half], result, departures)
+            self._send_part(payloads, idx[half:], result, departures)
 
-    def _post(self, payloads: list[bytes], result: SendResult) -> _Response:
-        body = self.vendor.body(payloads)
-        ambiguous = False
-        attempt = 0
+    def _post(
+        self,
+        payloads: list[bytes],
+        idx: list[int],
+        result: SendResult,
+        departures: Departures | None,
+    ) -> Classified:
+        """One request until it is answered for good: DELIVERED or REJECTED, or an error."""
+        body = self.vendor.body([payloads[i] for i in idx])
+        attempt = unknown_answers = 0
         while True:
             attempt += 1
-            self.bucket.acquire()
-            if self.shared is not None:
-                self.shared.acquire()
-            status: int | None = None
-            try:
-                resp = self._http_post(body)
-                status = resp.status_code
-                classified = self.vendor.classify(status, resp.text, dict(resp.headers))
-                maybe_stored = status >= 500
-            except requests.RequestException as exc:
-                classified = Classified(
-                    Verdict.RETRY, f"{type(exc).__name__} after {self.timeout}s"
-                )
-                maybe_stored = not _never_reached_vendor(exc)
+            self._wait_for_slot(result)
+            if departures is not None:
+                departures.leaving(idx)
+            classified, status = self._attempt(body)
             result.requests += 1
             result.last_status = status
-            if classified.verdict is Verdict.FATAL:
-                self._fatal = FatalDeliveryError(
-                    f"destination {self.destination!r}: {self.vendor.name} refused the credential "
-                    f"({classified.message}); check {self.credential_hint}"
-                )
-                raise self._fatal
-            if classified.verdict is not Verdict.RETRY:
-                return _Response(classified, status, ambiguous)
-            ambiguous = ambiguous or maybe_stored
-            if status == 429:
-                result.throttled += 1
-            if not self.policy.should_retry(attempt):
+            if classified.landed is False and departures is not None:
+                departures.not_landed(idx)
+            if classified.verdict in (Verdict.DELIVERED, Verdict.REJECTED):
+                return classified
+            self._stop_on(classified, len(body))
+            if classified.landed is None:
+                for i in idx:
+                    result.unknown[i] += 1
+            if classified.verdict is Verdict.UNKNOWN:
+                unknown_answers += 1
+                if unknown_answers >= UNKNOWN_ATTEMPTS:
+                    raise self._give_up(
+                        UnknownAnswerError(
+                            f"destination {self.destination!r}: POST {self.url} answered "
+                            f"{classified.message} {unknown_answers} times, which is not "
+                            f"{self.vendor.title}'s success: is {self.where} the vendor's API?"
+                        )
+                    )
+            elif not self.policy.should_retry(attempt):
                 raise RetriesExhaustedError(
                     f"destination {self.destination!r}: gave up after {attempt} attempts: "
                     f"{classified.message}"
                 )
-            delay = self.policy.sleep_seconds(attempt, classified.retry_after)
-            if status == 429:
-                self.bucket.pause(delay)  # every thread sending here waits, not just this one
-                if self.shared is not None:
-                    self.shared.pause(delay)
-            result.retries += 1
-            log.info(
-                "%s: attempt %d failed (%s); retrying in %.2fs",
-                self.destination,
-                attempt,
-                classified.message,
-                delay,
+            self._back_off(attempt, classified, status, result)
+
+    def _wait_for_slot(self, result: SendResult) -> None:
+        try:
+            self.bucket.acquire()
+            if self.shared is not None:
+                self.shared.acquire()
+        except Interrupted:
+            self.stopping.set()
+        if self.stopping.is_set():
+            raise Stopped() if result.requests else NotSent()
+
+    def _attempt(self, body: bytes) -> tuple[Classified, int | None]:
+        try:
+            resp = self._http_post(body)
+        except requests.RequestException as exc:
+            return self._connection_problem(exc), None
+        classified = self.vendor.classify(resp.status_code, resp.text, dict(resp.headers))
+        return classified, resp.status_code
+
+    def _connection_problem(self, exc: requests.RequestException) -> Classified:
+        """A request without an answer: retried; it may have landed unless it never connected."""
+        host = urlsplit(self.url).netloc
+        if isinstance(exc, requests.exceptions.SSLError):
+            return Classified(Verdict.ENDPOINT, f"TLS failed with {host}: {type(exc).__name__}")
+        if isinstance(exc, requests.ConnectTimeout):
+            return Classified(Verdict.RETRY, f"no connection to {host} within {self.timeout:g}s")
+        reason = getattr(exc.args[0], "reason", None) if exc.args else None
+        if type(reason).__name__ in {"NewConnectionError", "NameResolutionError"}:
+            return Classified(Verdict.RETRY, f"{host} refused the connection or is unknown")
+        if isinstance(exc, requests.Timeout):
+            message = f"no answer from {self.url} within {self.timeout:g}s"
+        else:
+            message = f"the connection to {host} broke before the answer ({type(exc).__name__})"
+        return Classified(Verdict.RETRY, message, landed=None)
+
+    def _stop_on(self, classified: Classified, size: int) -> None:
+        """Raise (and remember) what stops the destination: a refused credential, an URL that
+        is not the vendor's API."""
+        if classified.verdict is Verdict.FATAL:
+            raise self._give_up(
+                FatalDeliveryError(
+                    f"destination {self.destination!r}: {self.vendor.name} refused the "
+                    f"credential ({classified.message}); check {self.credential_hint}"
+                )
             )
+        if classified.verdict is Verdict.ENDPOINT:
+            detail = classified.message
+            if detail.startswith("HTTP 413"):
+                detail += f" for {size:,} bytes, within {self.vendor.title}'s limits (a proxy?)"
+            raise self._give_up(
+                EndpointError(
+                    f"destination {self.destination!r}: POST {self.url} answered {detail}: not "
+                    f"{self.vendor.title}'s API there; check {self.where}"
+                )
+            )
+
+    def _give_up(self, error: DeliveryError) -> DeliveryError:
+        self._fatal = error
+        return error
+
+    def _back_off(
+        self, attempt: int, classified: Classified, status: int | None, result: SendResult
+    ) -> None:
+        delay = self.policy.sleep_seconds(attempt, classified.retry_after)
+        if status == 429:
+            result.throttled += 1
+            self.bucket.pause(delay)  # every thread sending here waits, not just this one
+            if self.shared is not None:
+                self.shared.pause(delay)
+        result.retries += 1
+        log.warning(
+            "%s: attempt %d failed (%s); retrying in %.2fs",
+            self.destination,
+            attempt,
+            classified.message,
+            delay,
+        )
+        try:
             self._sleep(delay)
+        except Interrupted:
+            raise Stopped() from None
 
     def _http_post(self, body: bytes) -> requests.Response:
-        """One POST. Prepared here and sent by the session with the environment's settings
-        (proxies, CA bundle) read once: ``Session.post`` reads them, and ~/.netrc, again for
-        every request, which doubled its CPU (0.6 ms, for every event of a one-event vendor)."""
+        """One POST, redirects not followed (the credential goes to the configured host only).
+        Prepared here and sent by the session with the environment's settings (proxies, CA
+        bundle) read once: ``Session.post`` reads them, and ~/.netrc, again for every request,
+        which doubled its CPU (0.6 ms, for every event of a one-event vendor)."""
         request = requests.Request("POST", self.url, data=body, headers=self._headers)
-        return self.session.send(request.prepare(), timeout=self.timeout, **self._environment)
+        return self.session.send(
+            request.prepare(), timeout=self.timeout, allow_redirects=False, **self._environment
+        )
 
     def close(self) -> None:
-        if self._parallel is not None:
-            self._parallel.shutdown(cancel_futures=True)
         self.session.close()
 
 
@@ -215,6 +290,7 @@ def open_sender(
     *,
     timing: Timing = REAL_TIME,
     buckets: BucketRegistry | None = None,
+    stopping: threading.Event | None = None,
 ) -> Sender:
     """The sender of a configured destination, with the budget it shares with other processes
     (in ``store``) when its ``rate_limit.shared`` says so."""
@@ -228,4 +304,6 @@ def open_sender(
             destination.rate,
             sleep=timing.sleep,
         )
-    return Sender(destination, credentials, timing=timing, buckets=buckets, shared=shared)
+    return Sender(
+        destination, credentials, timing=timing, buckets=buckets, shared=shared, stopping=stopping
+    )

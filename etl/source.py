@@ -7,9 +7,8 @@ after the last row of the previous one, ordered by ``(timestamp, key)``; never O
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Sequence
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -19,7 +18,8 @@ from etl.config import PipelineConfig, SourceConfig
 from etl.database import make_engine, safe_url
 from etl.errors import SourceError
 from etl.events import Position
-from etl.timestamps import day_bounds
+from etl.timestamps import zone
+from etl.windows import Outside, binary_text, windows_for
 
 # Chunks of rows: each its column names and its rows' values in that order.
 Chunks = Generator[tuple[list[str], Sequence[Sequence[Any]]], None, None]
@@ -30,29 +30,50 @@ class Source:
 
     def __init__(self, config: PipelineConfig, engine: Engine | None = None) -> None:
         self.config: SourceConfig = config.source
+        self.start_date = config.start_date
         self.engine = engine or make_engine(self.config.url)
-        self.tz = ZoneInfo(self.config.timezone)
+        self.tz = zone(self.config.timezone)
         self.relation = self._relation(config)
-        available = set(self.relation.c.keys())
-        for name, dest in config.destinations.items():
-            needed = dest.mapping.columns() | {self.config.key_column, self.config.timestamp_column}
-            missing = sorted(needed - available)
-            if missing:
-                raise SourceError(
-                    f"destinations.{name}.mapping: column(s) {', '.join(missing)} not found in "
-                    f"{self.describe()}; it has: {', '.join(sorted(available))}"
-                )
+        self._check_columns(config)
         ts = self.relation.c[self.config.timestamp_column]
-        self.kind = self.config.timestamp_type
-        self._aware = bool(getattr(ts.type, "timezone", False))
-        is_text_column = isinstance(ts.type, sa.String)
-        if self.kind == "datetime" and (self.engine.dialect.name == "sqlite" or is_text_column):
-            # SQLite keeps datetimes as text; read and compare them as text, parse them ourselves.
-            self.kind = "text"
-        self.ts_col: sa.ColumnElement[Any] = (
-            sa.type_coerce(ts, sa.String()) if self.kind == "text" else ts
-        )
         self.key_col = self.relation.c[self.config.key_column]
+        dialect = self.engine.dialect.name
+        kind = self.config.timestamp_type
+        _check_timestamp_type(ts, kind, dialect)
+        # SQLite keeps datetimes as text: compared as text, parsed by the mapping
+        stored_as_text = kind == "text" or (
+            kind == "datetime" and (dialect == "sqlite" or isinstance(ts.type, sa.String))
+        )
+        self.windows = windows_for(
+            self.relation,
+            ts,
+            kind,
+            dialect,
+            self.config.timezone,
+            self.tz,
+            stored_as_text,
+            bool(getattr(ts.type, "timezone", False)),
+        )
+        self.from_ = self.windows.source(self.relation)
+        # the raw value as it is read and compared in keyset order
+        self.ts_col: sa.ColumnElement[Any] = binary_text(ts, dialect) if stored_as_text else ts
+
+    def _check_columns(self, config: PipelineConfig) -> None:
+        """The key and timestamp columns, then every destination's, exist; the error names the
+        key of the pipeline file to fix."""
+        available = set(self.relation.c.keys())
+        has = f"{self.describe()}; it has: {', '.join(sorted(available))}"
+        for key in ("key_column", "timestamp_column"):
+            name = getattr(self.config, key)
+            if name not in available:
+                raise SourceError(f"source.{key}: column {name!r} not found in {has}")
+        for name, dest in config.destinations.items():
+            missing = sorted(dest.mapping.columns() - available)
+            if missing:
+                columns = ", ".join(missing)
+                raise SourceError(
+                    f"destinations.{name}.mapping: column(s) {columns} not found in {has}"
+                )
 
     def describe(self) -> str:
         if self.config.table:
@@ -95,61 +116,61 @@ class Source:
         with self.engine.connect() as conn:
             return list(conn.execute(probe).keys())
 
-    # -- windows -------------------------------------------------------------------------------
+    # -- partitions ----------------------------------------------------------------------------
 
-    def bound(self, instant: datetime) -> Any:
-        """An instant in the timestamp column's own representation, for a bound parameter."""
-        if self.kind == "epoch_s":
-            return int(instant.timestamp())
-        if self.kind == "epoch_ms":
-            return int(instant.timestamp() * 1000)
-        if self._aware:
-            return instant.astimezone(UTC)
-        local = instant.astimezone(self.tz).replace(tzinfo=None)
-        if self.kind == "text":
-            return local.strftime("%Y-%m-%d %H:%M:%S")
-        return local
-
-    def window(self, first_day: date, last_day: date) -> sa.ColumnElement[bool]:
-        """Rows of the UTC days first_day..last_day inclusive."""
-        start, _ = day_bounds(first_day)
-        _, end = day_bounds(last_day)
-        return sa.and_(self.ts_col >= self.bound(start), self.ts_col < self.bound(end))
+    def partition(self, day: date | None) -> sa.ColumnElement[bool]:
+        """The rows of a daily partition, or of the undated one (``None``)."""
+        return self.windows.undated() if day is None else self.windows.days(day, day)
 
     def count(self, first_day: date, last_day: date) -> int:
-        stmt = sa.select(sa.func.count()).select_from(self.relation)
+        """Rows of the UTC days first_day..last_day."""
+        return self._count(self.windows.days(first_day, last_day))
+
+    def count_partition(self, day: date | None) -> int:
+        return self._count(self.partition(day))
+
+    def _count(self, where: sa.ColumnElement[bool]) -> int:
+        stmt = sa.select(sa.func.count()).select_from(self.from_).where(where)
         with self.engine.connect() as conn:
-            return int(conn.execute(stmt.where(self.window(first_day, last_day))).scalar_one())
+            return int(conn.execute(stmt).scalar_one())
+
+    def outside(self, last_day: date) -> Outside:
+        """Rows outside the partitions start_date..last_day, by kind, in one pass."""
+        w = self.windows
+
+        def rows(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
+            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+        stmt = sa.select(
+            rows(w.undated() & sa.not_(w.unreadable())),
+            rows(w.unreadable()),
+            rows(w.before(self.start_date)),
+            rows(w.after(last_day)),
+        ).select_from(self.from_)
+        with self.engine.connect() as conn:
+            values = conn.execute(stmt).one()
+        return Outside(*(int(v) for v in values))
 
     # -- reading -------------------------------------------------------------------------------
 
     def read_tuples(
-        self, day: date, columns: Iterable[str], after: Position | None = None
+        self, day: date | None, columns: Iterable[str], after: Position | None = None
     ) -> Chunks:
-        """Chunks of the day's rows in (timestamp, key) order, strictly after ``after``: each
-        its column names and its rows as sequences of values (the engine maps a column at a
-        time: a dict per row would cost a microsecond it does not need)."""
-        ts_name, key_name = self.config.timestamp_column, self.config.key_column
-        cols = [
-            self.ts_col.label(ts_name) if c == ts_name else self.relation.c[c]
-            for c in dict.fromkeys([ts_name, key_name, *columns])
-        ]
+        """Chunks of a partition's rows (``day`` None: the undated one) in (timestamp, key)
+        order (undated: key order), strictly after ``after``: each its column names and its
+        rows as sequences of values (the engine maps a column at a time: a dict per row would
+        cost a microsecond it does not need)."""
+        undated = day is None
+        order = [self.key_col] if undated else [self.ts_col, self.key_col]
         base = (
-            sa.select(*cols)
-            .where(self.window(day, day))
-            .order_by(self.ts_col, self.key_col)
+            sa.select(*self._columns(columns))
+            .select_from(self.from_)
+            .where(self.partition(day))
+            .order_by(*order)
             .limit(self.config.chunk_size)
         )
         while True:
-            stmt = base
-            if after is not None:
-                ts_value, key_value = after
-                stmt = stmt.where(
-                    sa.or_(
-                        self.ts_col > ts_value,
-                        sa.and_(self.ts_col == ts_value, self.key_col > key_value),
-                    )
-                )
+            stmt = base if after is None else base.where(self._after(after, undated))
             with self.engine.connect() as conn:
                 result = conn.execute(stmt)
                 names = list(map(str, result.keys()))  # plain str, not quoted_name
@@ -161,19 +182,58 @@ class Source:
                 return
             after = (rows[-1][0], rows[-1][1])  # the timestamp and the key come first
 
-    def rows_by_key(self, keys: list[str], columns: Iterable[str]) -> list[dict[str, Any]]:
-        """The rows with these keys (for replaying dead letters), in keyset order."""
-        ts_name = self.config.timestamp_column
-        cols = [
+    def _columns(self, columns: Iterable[str]) -> list[sa.ColumnElement[Any]]:
+        """The timestamp (as compared), the key, then the other columns, each once."""
+        ts_name, key_name = self.config.timestamp_column, self.config.key_column
+        return [
             self.ts_col.label(ts_name) if c == ts_name else self.relation.c[c]
-            for c in dict.fromkeys([ts_name, self.config.key_column, *columns])
+            for c in dict.fromkeys([ts_name, key_name, *columns])
         ]
+
+    def _after(self, after: Position, undated: bool) -> sa.ColumnElement[bool]:
+        ts_value, key_value = after
+        if undated:
+            return sa.and_(self.key_col > key_value)
+        return sa.or_(
+            self.ts_col > ts_value, sa.and_(self.ts_col == ts_value, self.key_col > key_value)
+        )
+
+    def rows_by_key(self, keys: list[str], columns: Iterable[str]) -> list[dict[str, Any]]:
+        """The rows with these keys (for replaying dead letters)."""
         typed_keys = [_like(self.key_col, k) for k in keys]
         stmt = (
-            sa.select(*cols).where(self.key_col.in_(typed_keys)).order_by(self.ts_col, self.key_col)
+            sa.select(*self._columns(columns))
+            .select_from(self.from_)
+            .where(self.key_col.in_(typed_keys))
+            .order_by(self.key_col)
         )
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def _check_timestamp_type(column: sa.ColumnElement[Any], kind: str, dialect: str) -> None:
+    """Refuse a ``source.timestamp_type`` that the column's SQL type cannot hold."""
+    sql_type = column.type
+    if isinstance(sql_type, sa.Integer | sa.Numeric):
+        family, fits = "number", "epoch_s or epoch_ms"
+    elif isinstance(sql_type, sa.DateTime | sa.Date):
+        family, fits = "timestamp", "datetime"
+    elif isinstance(sql_type, sa.String):
+        family, fits = "text", "text (ISO-8601 with offsets and epoch digits, mixed)"
+    else:
+        return  # a query's column, or a type this check does not know
+    allowed = {
+        "datetime": {"timestamp", "text"},
+        # SQLite keeps a DATETIME column as text, in whatever form was written
+        "text": {"text", "timestamp"} if dialect == "sqlite" else {"text"},
+        "epoch_s": {"number"},
+        "epoch_ms": {"number"},
+    }
+    if family not in allowed[kind]:
+        raise SourceError(
+            f"source.timestamp_type: {kind} does not fit column {column.name} of type "
+            f"{sql_type}: use {fits}"
+        )
 
 
 def _like(column: sa.ColumnElement[Any], text: str) -> Any:

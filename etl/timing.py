@@ -31,3 +31,7 @@ class Timing:
 
 
 REAL_TIME = Timing()
+
+
+class Interrupted(Exception):
+    """A sleep cut short because the run is stopping."""

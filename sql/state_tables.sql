@@ -15,11 +15,14 @@ CREATE TABLE etl_checkpoints (
 	requests BIGINT NOT NULL,
 	retries BIGINT NOT NULL,
 	throttled BIGINT NOT NULL,
+	deleted BIGINT DEFAULT '0' NOT NULL,
+	changed BIGINT DEFAULT '0' NOT NULL,
 	fingerprint VARCHAR(32) NOT NULL,
 	error TEXT,
 	started_at TIMESTAMP WITH TIME ZONE NOT NULL,
 	updated_at TIMESTAMP WITH TIME ZONE NOT NULL,
 	completed_at TIMESTAMP WITH TIME ZONE,
+	log_purged_at TIMESTAMP WITH TIME ZONE,
 	PRIMARY KEY (destination, partition)
 );
 
@@ -36,8 +39,13 @@ CREATE TABLE etl_batches (
 	last_http_status INTEGER,
 	sent_at TIMESTAMP WITH TIME ZONE,
 	acked_at TIMESTAMP WITH TIME ZONE,
+	batch_id VARCHAR(40),
+	kind VARCHAR(10) DEFAULT 'run' NOT NULL,
+	event_keys TEXT,
+	unknown TEXT,
 	PRIMARY KEY (destination, partition, seq)
 );
+CREATE INDEX ix_etl_batches_batch_id ON etl_batches (destination, batch_id);
 
 CREATE TABLE etl_dead_letters (
 	destination VARCHAR(100) NOT NULL,
@@ -51,6 +59,32 @@ CREATE TABLE etl_dead_letters (
 	created_at TIMESTAMP WITH TIME ZONE NOT NULL,
 	replayed_at TIMESTAMP WITH TIME ZONE,
 	PRIMARY KEY (destination, event_id)
+);
+
+CREATE TABLE etl_deliveries (
+	destination VARCHAR(100) NOT NULL,
+	source_key TEXT NOT NULL,
+	partition VARCHAR(10) NOT NULL,
+	event_id VARCHAR(32),
+	batch_id VARCHAR(40),
+	outcome VARCHAR(12) NOT NULL,
+	in_doubt INTEGER NOT NULL,
+	content_hash BIGINT,
+	recorded_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	deleted_at TIMESTAMP WITH TIME ZONE,
+	PRIMARY KEY (destination, source_key)
+);
+CREATE INDEX ix_etl_deliveries_partition ON etl_deliveries (destination, partition);
+
+CREATE TABLE etl_leases (
+	destination VARCHAR(100) NOT NULL,
+	partition VARCHAR(10) NOT NULL,
+	holder VARCHAR(200) NOT NULL,
+	host VARCHAR(100) NOT NULL,
+	pid INTEGER NOT NULL,
+	acquired_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	expires_at DOUBLE PRECISION NOT NULL,
+	PRIMARY KEY (destination, partition)
 );
 
 CREATE TABLE etl_rate_budget (

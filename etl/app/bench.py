@@ -476,8 +476,8 @@ def _state_at_kill(config: Any, source: Source) -> tuple[int, int]:
             day = date.fromisoformat(partition)
             stmt = (
                 sa.select(sa.func.count())
-                .select_from(source.relation)
-                .where(source.window(day, day), within)
+                .select_from(source.from_)
+                .where(source.partition(day), within)
             )
             with source.engine.connect() as conn:
                 in_flight += int(conn.execute(stmt).scalar_one())

@@ -10,7 +10,7 @@ import click
 
 from etl.app.bench import PARTS
 from etl.app.options import demo_dir_option
-from etl.app.pipeline_commands import print_summary
+from etl.app.output import print_summary
 from etl.sandbox import Sandbox, SandboxServer
 
 

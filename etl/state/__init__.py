@@ -5,7 +5,7 @@ acknowledged batch changes, and ``store`` is the one object the rest of the tool
 """
 
 from etl.state.positions import decode_position, encode_position
-from etl.state.store import Checkpoint, StateStore, open_store
+from etl.state.store import Checkpoint, StateStore, existing_store, open_store
 from etl.state.tables import generate_ddl
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "StateStore",
     "decode_position",
     "encode_position",
+    "existing_store",
     "generate_ddl",
     "open_store",
 ]

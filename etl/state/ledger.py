@@ -1,27 +1,45 @@
-"""The batch ledger: what one acknowledged batch writes, in the transaction that records it.
+"""The batch ledger and the per-row delivery log: what a batch writes, and when.
 
-Every acknowledged batch is committed in one transaction: its ledger row, its dead letters, the
-partition's counters and cursor together, so that what the tables say is always what the vendor
-has. The same transaction marks the next batch as sent, before its request leaves.
+- When a batch's first request leaves, each of its slices gets a ledger row, ``sent``, with the
+  source keys of its events and, per event, the requests that may have landed (``unknown``);
+  a retry or a request that surely did not land updates that count.
+- When the vendor's answers are in, one transaction commits the batch: its ledger rows
+  acknowledged, its dead letters stored, one delivery-log row per source row (delivered, in
+  doubt, dead letter or filtered), and each partition's counters and cursor moved. What the
+  tables say is therefore always what the vendor has, and a crash leaves exact in-doubt counts.
 """
 
 from __future__ import annotations
 
 import json
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from etl.events import Batch, DeadLetter, SendResult
+from etl.events import Batch, DeadLetter, SendResult, Slice
 from etl.state.positions import encode_position
 from etl.state.tables import ADVANCED, StateTables
-
-Acknowledged = tuple[Batch, SendResult, int]  # a batch, what the vendor did, events in doubt
 
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass
+class Acknowledged:
+    """A batch with the vendor's answers, ready to commit."""
+
+    batch: Batch
+    result: SendResult
+    in_doubt: Counter[int] = field(default_factory=Counter)  # event index -> copies maybe extra
+    # partitions whose cursor stays where it is: re-checked ones (their cursor is at their end),
+    # or all of the batch's when it is committed out of order
+    hold_cursor: frozenset[str] = frozenset()
+    kind: str = "run"  # or "replay": dead letters sent again
 
 
 class Ledger:
@@ -30,6 +48,7 @@ class Ledger:
 
     def __init__(self, tables: StateTables) -> None:
         param = sa.bindparam
+        self.tables = tables
 
         def key(table: sa.Table) -> sa.ColumnElement[bool]:
             c = table.c
@@ -38,7 +57,8 @@ class Ledger:
         batches, checkpoints = tables.batches, tables.checkpoints
         self._insert_batch = sa.insert(batches)
         self._insert_dead = sa.insert(tables.dead_letters)
-        self._ack_batch = (
+        self._insert_log = sa.insert(tables.deliveries)
+        self._ack = (
             sa.update(batches)
             .where(key(batches), batches.c.seq == param("k_seq"))
             .values(
@@ -48,79 +68,247 @@ class Ledger:
                 acked_at=param("v_now"),
             )
         )
+        self._unknown = (
+            sa.update(batches)
+            .where(key(batches), batches.c.seq == param("k_seq"))
+            .values(attempts=param("v_attempts"), unknown=param("v_unknown"))
+        )
         cp = checkpoints.c
+        counters = {name: cp[name] + param(f"d_{name}", type_=sa.BigInteger) for name in ADVANCED}
         self._advance = (
             sa.update(checkpoints)
             .where(key(checkpoints))
-            .values(
-                cursor=param("v_cursor"),
-                updated_at=param("v_now"),
-                **{name: cp[name] + param(f"d_{name}", type_=sa.BigInteger) for name in ADVANCED},
+            .values(cursor=param("v_cursor"), updated_at=param("v_now"), **counters)
+        )
+        self._count = (
+            sa.update(checkpoints)
+            .where(key(checkpoints))
+            .values(updated_at=param("v_now"), **counters)
+        )
+
+    # -- while the requests are out -------------------------------------------------------------
+
+    def mark_sent(
+        self, conn: sa.Connection, destination: str, batch: Batch, unknown: list[int], kind: str
+    ) -> None:
+        """A ledger row per slice with events, ``sent``: written as the first request leaves."""
+        at = now()
+        rows = [
+            {
+                "destination": destination,
+                "partition": s.partition,
+                "seq": s.seq,
+                "first_position": encode_position(s.first),
+                "last_position": encode_position(s.last),
+                "event_count": s.end - s.start,
+                "bytes": sum(len(e) for e in batch.encoded[s.start : s.end]),
+                "status": "sent",
+                "attempts": 1,
+                "sent_at": at,
+                "batch_id": batch.batch_id,
+                "kind": kind,
+                "event_keys": json.dumps([e.source_key for e in batch.events[s.start : s.end]]),
+                "unknown": json.dumps(unknown[s.start : s.end]),
+            }
+            for s in _with_events(batch)
+        ]
+        conn.execute(self._insert_batch, rows)
+
+    def note_unknown(
+        self, conn: sa.Connection, destination: str, batch: Batch, unknown: list[int], attempts: int
+    ) -> None:
+        """The requests of each event whose fate is unknown, after a retry left or an answer
+        showed that a request did not land."""
+        rows = [
+            {
+                "k_dest": destination,
+                "k_part": s.partition,
+                "k_seq": s.seq,
+                "v_attempts": attempts,
+                "v_unknown": json.dumps(unknown[s.start : s.end]),
+            }
+            for s in _with_events(batch)
+        ]
+        conn.execute(self._unknown, rows)
+
+    def forget(self, conn: sa.Connection, destination: str, batch: Batch) -> None:
+        """The ledger rows of a batch none of whose requests left (a graceful stop)."""
+        b = self.tables.batches.c
+        conn.execute(
+            sa.delete(self.tables.batches).where(
+                b.destination == destination, b.batch_id == batch.batch_id
             )
         )
 
-    def mark_sent(
-        self, conn: sa.Connection, destination: str, partition: str, batch: Batch
-    ) -> None:
-        """The batch's ledger row, status ``sent``: written before its request leaves."""
-        row = {
-            "destination": destination,
-            "partition": partition,
-            "seq": batch.seq,
-            "first_position": encode_position(batch.first),
-            "last_position": encode_position(batch.last),
-            "event_count": len(batch.events),
-            "bytes": batch.nbytes,
-            "status": "sent",
-            "attempts": 0,
-            "sent_at": now(),
-        }
-        conn.execute(self._insert_batch, row)
+    # -- when the answers are in ----------------------------------------------------------------
 
-    def commit(
-        self, conn: sa.Connection, destination: str, partition: str, acknowledged: Acknowledged
-    ) -> None:
-        """The batch acknowledged, its dead letters stored, the counters added, the cursor moved."""
-        batch, result, in_doubt = acknowledged
+    def commit(self, conn: sa.Connection, destination: str, done: Acknowledged) -> None:
+        if done.kind == "replay":
+            self._commit_replay(conn, destination, done)
+        else:
+            self._commit_run(conn, destination, done)
+
+    def _commit_replay(self, conn: sa.Connection, destination: str, done: Acknowledged) -> None:
+        """Dead letters sent again: the delivered ones leave the dead letters for the delivered
+        count (their log rows say so), the others keep the vendor's new reason."""
         at = now()
-        dead = dead_letters_of(batch, result)
-        keys = {"k_dest": destination, "k_part": partition}
-        if batch.events:
-            ack = {
-                "k_seq": batch.seq,
-                "v_attempts": result.requests,
-                "v_status": result.last_status,
+        t = self.tables
+        batch, result = done.batch, done.result
+        dead, log, cp = t.dead_letters.c, t.deliveries.c, t.checkpoints.c
+        vendor_dead = {i: (status, message) for i, status, message in result.dead}
+        for part in batch.slices:
+            keys = {"k_dest": destination, "k_part": part.partition}
+            ack = {"k_seq": part.seq, "v_attempts": result.requests, "v_status": result.last_status}
+            conn.execute(self._ack, {**keys, **ack, "v_now": at})
+            delivered = [i for i in range(part.start, part.end) if i in set(result.delivered)]
+            copies = sum(done.in_doubt[i] for i in delivered)
+            for i in range(part.start, part.end):
+                event = batch.events[i]
+                letter = (dead.destination == destination, dead.event_id == event.event_id)
+                if i in vendor_dead:
+                    status, message = vendor_dead[i]
+                    reason = f"rejected by vendor: {message}"
+                    conn.execute(
+                        sa.update(t.dead_letters)
+                        .where(*letter)
+                        .values(reason=reason, vendor_status=status, vendor_message=message)
+                    )
+                    continue
+                conn.execute(sa.update(t.dead_letters).where(*letter).values(replayed_at=at))
+                conn.execute(
+                    sa.update(t.deliveries)
+                    .where(log.destination == destination, log.source_key == event.source_key)
+                    .values(
+                        outcome=_outcome(True, done.in_doubt[i]),
+                        in_doubt=log.in_doubt + done.in_doubt[i],
+                        batch_id=batch.batch_id,
+                        content_hash=zlib.crc32(batch.encoded[i]),
+                        recorded_at=at,
+                    )
+                )
+            conn.execute(
+                sa.update(t.checkpoints)
+                .where(cp.destination == destination, cp.partition == part.partition)
+                .values(
+                    delivered=cp.delivered + len(delivered),
+                    dead_letters=cp.dead_letters - len(delivered),
+                    in_doubt=cp.in_doubt + copies,
+                    requests=cp.requests + (result.requests if part is batch.slices[0] else 0),
+                    updated_at=at,
+                )
+            )
+
+    def _commit_run(self, conn: sa.Connection, destination: str, done: Acknowledged) -> None:
+        """The batch acknowledged: per slice, its ledger row, dead letters, log rows, counters
+        and cursor. The batch's requests, retries and 429s count in its first slice."""
+        at = now()
+        batch, result = done.batch, done.result
+        delivered = set(result.delivered)
+        vendor_dead = {i: (status, message) for i, status, message in result.dead}
+        for index, part in enumerate(batch.slices):
+            keys = {"k_dest": destination, "k_part": part.partition}
+            if part.end > part.start:
+                ack = {
+                    "k_seq": part.seq,
+                    "v_attempts": result.requests,
+                    "v_status": result.last_status,
+                }
+                conn.execute(self._ack, {**keys, **ack, "v_now": at})
+            dead = _dead_letters(batch, part, vendor_dead)
+            if dead:
+                rows = [dead_letter_row(destination, part.partition, d, at) for d in dead]
+                conn.execute(self._insert_dead, rows)
+            log = _log_rows(destination, batch, part, delivered, done.in_doubt, at)
+            conn.execute(self._insert_log, log)
+            in_range = range(part.start, part.end)
+            first = index == 0
+            deltas = {
+                "rows_read": part.rows_read,
+                "delivered": sum(1 for i in in_range if i in delivered),
+                "dead_letters": len(dead),
+                "filtered": len(part.filtered),
+                "in_doubt": sum(done.in_doubt[i] for i in in_range),
+                "requests": result.requests if first else 0,
+                "retries": result.retries if first else 0,
+                "throttled": result.throttled if first else 0,
             }
-            conn.execute(self._ack_batch, {**keys, **ack, "v_now": at})
-        if dead:
-            rows = [dead_letter_row(destination, partition, d, at) for d in dead]
-            conn.execute(self._insert_dead, rows)
-        deltas = {
-            "rows_read": batch.rows_read,
-            "delivered": len(result.delivered),
-            "dead_letters": len(dead),
-            "filtered": batch.filtered,
-            "in_doubt": in_doubt,
-            "requests": result.requests,
-            "retries": result.retries,
-            "throttled": result.throttled,
-        }
-        advance = {f"d_{name}": value for name, value in deltas.items()}
-        conn.execute(
-            self._advance,
-            {**keys, "v_cursor": encode_position(batch.last), "v_now": at, **advance},
-        )
+            advance = {f"d_{name}": value for name, value in deltas.items()}
+            if part.partition not in done.hold_cursor:
+                cursor = {"v_cursor": encode_position(part.last)}
+                conn.execute(self._advance, {**keys, **cursor, "v_now": at, **advance})
+            else:
+                conn.execute(self._count, {**keys, "v_now": at, **advance})
 
 
-def dead_letters_of(batch: Batch, result: SendResult) -> list[DeadLetter]:
-    """The batch's rows rejected before sending, and the events the vendor rejected."""
-    dead = list(batch.rejected)
-    for index, status, message in result.dead:
-        event = batch.events[index]
-        reason = f"rejected by vendor: {message}"
-        payload = batch.payload(index)
-        dead.append(DeadLetter(event.event_id, event.source_key, reason, payload, status, message))
+def _with_events(batch: Batch) -> list[Slice]:
+    return [s for s in batch.slices if s.end > s.start]
+
+
+def _dead_letters(
+    batch: Batch, part: Slice, vendor_dead: dict[int, tuple[int | None, str]]
+) -> list[DeadLetter]:
+    """The slice's rows rejected before sending, and its events the vendor rejected."""
+    dead = list(part.rejected)
+    for index in range(part.start, part.end):
+        if index in vendor_dead:
+            status, message = vendor_dead[index]
+            event = batch.events[index]
+            reason = f"rejected by vendor: {message}"
+            payload = batch.payload(index)
+            dead.append(
+                DeadLetter(event.event_id, event.source_key, reason, payload, status, message)
+            )
     return dead
+
+
+def _log_rows(
+    destination: str,
+    batch: Batch,
+    part: Slice,
+    delivered: set[int],
+    in_doubt: Counter[int],
+    at: datetime,
+) -> list[dict[str, Any]]:
+    """One delivery-log row per source row of the slice."""
+
+    def row(
+        key: str, event_id: str | None, outcome: str, copies: int, digest: int | None
+    ) -> dict[str, Any]:
+        return {
+            "destination": destination,
+            "source_key": key,
+            "partition": part.partition,
+            "event_id": event_id,
+            "batch_id": batch.batch_id,
+            "outcome": outcome,
+            "in_doubt": copies,
+            "content_hash": digest,
+            "recorded_at": at,
+        }
+
+    rows = []
+    for index in range(part.start, part.end):
+        event, copies = batch.events[index], in_doubt[index]
+        outcome = _outcome(index in delivered, copies)
+        digest = zlib.crc32(batch.encoded[index])
+        rows.append(row(event.source_key, event.event_id, outcome, copies, digest))
+    for dead in part.rejected:
+        rows.append(
+            row(dead.source_key, dead.event_id, "dead_letter", 0, payload_hash(dead.payload))
+        )
+    rows.extend(row(key, None, "filtered", 0, None) for key in part.filtered)
+    return rows
+
+
+def _outcome(delivered: bool, copies: int) -> str:
+    if not delivered:
+        return "dead_letter"
+    return "in_doubt" if copies else "delivered"
+
+
+def payload_hash(payload: dict[str, Any]) -> int:
+    """CRC-32 of a payload (or a rejected row) as JSON: what a re-check compares."""
+    return zlib.crc32(json.dumps(payload, sort_keys=True, default=str).encode())
 
 
 def dead_letter_row(

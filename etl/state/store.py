@@ -1,8 +1,10 @@
-"""Checkpoints, the batch ledger and dead letters of one pipeline, kept in the warehouse."""
+"""Checkpoints, the batch ledger, dead letters and the delivery log of one pipeline."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,7 +17,10 @@ from etl.config import PipelineConfig
 from etl.database import make_engine
 from etl.errors import ConfigError, MappingChangedError
 from etl.events import Batch, DeadLetter, Position
+from etl.state.deliveries import DeliveryLog
+from etl.state.leases import Leases
 from etl.state.ledger import Acknowledged, Ledger, now
+from etl.state.migrate import add_missing_columns, missing_columns
 from etl.state.positions import decode_position
 from etl.state.tables import ADVANCED, state_tables
 
@@ -34,14 +39,22 @@ class Checkpoint:
     requests: int
     retries: int
     throttled: int
+    deleted: int
+    changed: int
     fingerprint: str
     error: str | None
     started_at: datetime | None
     updated_at: datetime | None
+    log_purged_at: datetime | None
 
     @property
     def balanced(self) -> bool:
         return self.rows_read == self.delivered + self.dead_letters + self.filtered
+
+    @property
+    def present(self) -> int:
+        """Rows read that the source still holds: what a count of the partition should give."""
+        return self.rows_read - self.deleted
 
     @classmethod
     def from_row(cls, row: Any) -> Checkpoint:
@@ -64,16 +77,20 @@ class StateStore:
         self.dead = self.tables.dead_letters
         self.rate_budget = self.tables.rate_budget
         self.ledger = Ledger(self.tables)
+        self.log = DeliveryLog(engine, self.tables)
+        self.leases = Leases(engine, self.tables.leases)
 
     def ensure(self) -> None:
-        """Create the schema and the tables where they are absent. Several processes starting
-        at once may race (IF NOT EXISTS is checked, then created): the loser tries again."""
+        """Create the schema and the tables where they are absent, and the columns an earlier
+        version did not have. Several processes starting at once may race (IF NOT EXISTS is
+        checked, then created): the loser tries again."""
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
                     if self.schema:
                         conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
                     self.metadata.create_all(conn, checkfirst=True)
+                    add_missing_columns(conn, self.tables.all())
                 return
             except (IntegrityError, OperationalError, ProgrammingError):  # lost a race
                 if attempt == 2:
@@ -116,35 +133,54 @@ class StateStore:
         return Checkpoint.from_row(row) if row else None
 
     def start(
-        self, destination: str, partition: str, fingerprint: str, restart: bool = False
+        self,
+        destination: str,
+        partition: str,
+        fingerprint: str,
+        restart: bool = False,
+        status: str = "running",
     ) -> Checkpoint:
-        """Open a partition for sending; batches sent but never acknowledged become in doubt."""
+        """Open a partition for sending (``status``: running, or rechecking for late rows);
+        batches sent but never acknowledged become in doubt. ``restart`` forgets everything
+        of the partition first."""
         cp_key = self._key(self.checkpoints, destination, partition)
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(self.checkpoints).where(cp_key)).mappings().first()
             if row is not None and restart:
-                for table in (self.batches, self.dead, self.checkpoints):
+                for table in (self.batches, self.dead, self.tables.deliveries, self.checkpoints):
                     conn.execute(sa.delete(table).where(self._key(table, destination, partition)))
                 row = None
             if row is None:
                 conn.execute(
-                    self._new_checkpoint(destination, partition, "running", fingerprint, None)
+                    self._new_checkpoint(destination, partition, status, fingerprint, None)
                 )
             else:
-                _refuse_changed_mapping(row, destination, partition, fingerprint)
+                refuse_changed_mapping(
+                    destination, partition, row["fingerprint"], row["rows_read"], fingerprint
+                )
                 conn.execute(
                     sa.update(self.checkpoints)
                     .where(cp_key)
-                    .values(status="running", fingerprint=fingerprint, error=None, updated_at=now())
+                    .values(status=status, fingerprint=fingerprint, error=None, updated_at=now())
                 )
-            conn.execute(
-                sa.update(self.batches)
-                .where(self._key(self.batches, destination, partition))
-                .where(self.batches.c.status == "sent")
-                .values(status="in_doubt")
-            )
+            self._doubt_unanswered(conn, destination, partition)
             row = conn.execute(sa.select(self.checkpoints).where(cp_key)).mappings().one()
         return Checkpoint.from_row(row)
+
+    def start_replay(self, destination: str, partition: str) -> None:
+        """A replay takes a partition (under its lease): what earlier runs or replays left
+        unanswered becomes in doubt."""
+        with self.engine.begin() as conn:
+            self._doubt_unanswered(conn, destination, partition)
+
+    def _doubt_unanswered(self, conn: sa.Connection, destination: str, partition: str) -> None:
+        """Batches sent by an earlier run and never answered: in doubt from now on."""
+        conn.execute(
+            sa.update(self.batches)
+            .where(self._key(self.batches, destination, partition))
+            .where(self.batches.c.status == "sent")
+            .values(status="in_doubt")
+        )
 
     def mark_skipped(self, destination: str, partition: str, fingerprint: str, reason: str) -> None:
         """Record a partition that will not be sent (e.g. older than the vendor accepts),
@@ -157,21 +193,6 @@ class StateStore:
                 self._new_checkpoint(destination, partition, "skipped", fingerprint, reason)
             )
 
-    def in_doubt_ranges(self, destination: str, partition: str) -> list[tuple[Position, Position]]:
-        """Key ranges of batches that were sent but never acknowledged (maybe delivered)."""
-        b = self.batches.c
-        stmt = sa.select(b.first_position, b.last_position).where(
-            self._key(self.batches, destination, partition), b.status == "in_doubt"
-        )
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-        ranges = []
-        for first, last in rows:
-            first_pos, last_pos = decode_position(first), decode_position(last)
-            assert first_pos is not None and last_pos is not None
-            ranges.append((first_pos, last_pos))
-        return ranges
-
     def next_seq(self, destination: str, partition: str) -> int:
         stmt = sa.select(sa.func.max(self.batches.c.seq)).where(
             self._key(self.batches, destination, partition)
@@ -180,23 +201,16 @@ class StateStore:
             last = conn.execute(stmt).scalar()
         return int(last or 0) + 1
 
-    def record(
+    def finish(
         self,
         destination: str,
         partition: str,
-        acknowledged: list[Acknowledged],
-        sending: Batch | None = None,
+        status: str,
+        error: str | None,
+        **counters: int,
     ) -> None:
-        """One transaction: each acknowledged batch (with its result and in-doubt count)
-        committed in order, and ``sending`` marked as sent before its request leaves, so that a
-        crash leaves it in doubt."""
-        with self.engine.begin() as conn:
-            for done in acknowledged:
-                self.ledger.commit(conn, destination, partition, done)
-            if sending is not None:
-                self.ledger.mark_sent(conn, destination, partition, sending)
-
-    def finish(self, destination: str, partition: str, status: str, error: str | None) -> None:
+        """The partition's status after a run; ``counters``: deleted and changed, as a re-check
+        found them."""
         at = now()
         with self.engine.begin() as conn:
             conn.execute(
@@ -207,8 +221,51 @@ class StateStore:
                     error=error,
                     updated_at=at,
                     completed_at=at if status == "complete" else None,
+                    **counters,
                 )
             )
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def mark_sent(self, destination: str, batch: Batch, unknown: list[int], kind: str) -> None:
+        """The batch's first request is leaving (see etl.state.ledger)."""
+        with self.engine.begin() as conn:
+            self.ledger.mark_sent(conn, destination, batch, unknown, kind)
+
+    def note_unknown(
+        self, destination: str, batch: Batch, unknown: list[int], attempts: int
+    ) -> None:
+        with self.engine.begin() as conn:
+            self.ledger.note_unknown(conn, destination, batch, unknown, attempts)
+
+    def forget(self, destination: str, batch: Batch) -> None:
+        with self.engine.begin() as conn:
+            self.ledger.forget(conn, destination, batch)
+
+    def commit(self, destination: str, acknowledged: list[Acknowledged]) -> None:
+        """One transaction: each acknowledged batch committed, in order."""
+        with self.engine.begin() as conn:
+            for done in acknowledged:
+                self.ledger.commit(conn, destination, done)
+
+    def prior_unknown(self, destination: str, partition: str, kind: str = "run") -> Counter[str]:
+        """Per source key, the requests of earlier runs that carried it and whose fate is
+        unknown (the partition's ``in_doubt`` ledger rows of this kind): each may have stored a
+        copy."""
+        b = self.batches.c
+        stmt = sa.select(b.event_keys, b.unknown).where(
+            self._key(self.batches, destination, partition),
+            b.status == "in_doubt",
+            b.kind == kind,
+        )
+        counts: Counter[str] = Counter()
+        with self.engine.connect() as conn:
+            for keys, unknown in conn.execute(stmt):
+                if keys is None:  # written by an earlier version, which kept no keys
+                    continue
+                for key, n in zip(json.loads(keys), json.loads(unknown or "[]"), strict=False):
+                    counts[key] += n
+        return counts
 
     # -- reports -------------------------------------------------------------------------------
 
@@ -239,49 +296,69 @@ class StateStore:
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
-    def record_replay(
-        self,
-        destination: str,
-        delivered: list[tuple[str, str]],
-        still_dead: list[tuple[str, DeadLetter]],
-    ) -> None:
-        """Replayed dead letters: delivered ones are marked and move to the delivered counter."""
-        at = now()
-        d, cp = self.dead.c, self.checkpoints.c
-        with self.engine.begin() as conn:
-            for partition, event_id in delivered:
-                conn.execute(
-                    sa.update(self.dead)
-                    .where(d.destination == destination, d.event_id == event_id)
-                    .values(replayed_at=at)
-                )
-                conn.execute(
-                    sa.update(self.checkpoints)
-                    .where(self._key(self.checkpoints, destination, partition))
-                    .values(
-                        delivered=cp.delivered + 1, dead_letters=cp.dead_letters - 1, updated_at=at
-                    )
-                )
-            for _, letter in still_dead:
-                conn.execute(
-                    sa.update(self.dead)
-                    .where(d.destination == destination, d.event_id == letter.event_id)
-                    .values(
-                        reason=letter.reason,
-                        vendor_status=letter.vendor_status,
-                        vendor_message=letter.vendor_message,
-                    )
-                )
+    def count_dead_letters(self, destination: str, partition: str | None = None) -> int:
+        d = self.dead.c
+        stmt = sa.select(sa.func.count()).where(
+            d.destination == destination, d.replayed_at.is_(None)
+        )
+        if partition:
+            stmt = stmt.where(d.partition == partition)
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def update_dead_letters(self, destination: str, letters: list[DeadLetter]) -> None:
+        """New reasons for dead letters that a replay could not deliver."""
+        d = self.dead.c
+        stmt = (
+            sa.update(self.dead)
+            .where(d.destination == sa.bindparam("k_dest"), d.event_id == sa.bindparam("k_id"))
+            .values(
+                reason=sa.bindparam("v_reason"),
+                vendor_status=sa.bindparam("v_status"),
+                vendor_message=sa.bindparam("v_message"),
+            )
+        )
+        rows = [
+            {
+                "k_dest": destination,
+                "k_id": letter.event_id,
+                "v_reason": letter.reason,
+                "v_status": letter.vendor_status,
+                "v_message": letter.vendor_message,
+            }
+            for letter in letters
+        ]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(stmt, rows)
 
 
-def _refuse_changed_mapping(row: Any, destination: str, partition: str, fingerprint: str) -> None:
-    if row["fingerprint"] != fingerprint and row["rows_read"] > 0:
+def refuse_changed_mapping(
+    destination: str, partition: str, was: str, rows_read: int, fingerprint: str
+) -> None:
+    """A partition read with another mapping than today's is not continued silently."""
+    if was != fingerprint and rows_read > 0:
         raise MappingChangedError(
             f"destination {destination!r}, partition {partition}: the mapping changed "
-            f"since {row['rows_read']} rows of this partition were processed "
-            f"(fingerprint {row['fingerprint']} -> {fingerprint}); rerun with "
+            f"since {rows_read} rows of this partition were processed "
+            f"(fingerprint {was} -> {fingerprint}); rerun with "
             f"--restart to send this partition again from its start"
         )
+
+
+def existing_store(config: PipelineConfig) -> StateStore | None:
+    """The pipeline's state store if its tables exist (for commands that write nothing)."""
+    engine = make_engine(config.state_url)
+    store = StateStore(engine, config.state.table_prefix, config.state.schema_name)
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        present = all(inspector.has_table(t.name, schema=t.schema) for t in store.tables.all())
+        if present:
+            present = not missing_columns(inspector, store.tables.all())
+    if not present:
+        engine.dispose()
+        return None
+    return store
 
 
 def open_store(config: PipelineConfig, engine: Engine | None = None) -> StateStore:

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 COUNTERS = ("rows_read", "delivered", "dead_letters", "filtered", "in_doubt")
 ADVANCED = (*COUNTERS, "requests", "retries", "throttled")  # what a committed batch adds
+OUTCOMES = ("delivered", "in_doubt", "dead_letter", "filtered")  # of a row, in the delivery log
 
 
 @dataclass(frozen=True)
@@ -19,10 +20,19 @@ class StateTables:
     checkpoints: sa.Table
     batches: sa.Table
     dead_letters: sa.Table
+    deliveries: sa.Table
+    leases: sa.Table
     rate_budget: sa.Table
 
     def all(self) -> list[sa.Table]:
-        return [self.checkpoints, self.batches, self.dead_letters, self.rate_budget]
+        return [
+            self.checkpoints,
+            self.batches,
+            self.dead_letters,
+            self.deliveries,
+            self.leases,
+            self.rate_budget,
+        ]
 
 
 def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> StateTables:
@@ -39,11 +49,19 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         sa.Column("requests", sa.BigInteger, nullable=False, default=0),
         sa.Column("retries", sa.BigInteger, nullable=False, default=0),
         sa.Column("throttled", sa.BigInteger, nullable=False, default=0, comment="429s"),
+        *(
+            sa.Column(name, sa.BigInteger, nullable=False, server_default="0", comment=what)
+            for name, what in (
+                ("deleted", "rows read, then gone from the source (not sent again)"),
+                ("changed", "rows changed or moved here after they were read (not sent again)"),
+            )
+        ),
         sa.Column("fingerprint", sa.String(32), nullable=False),
         sa.Column("error", sa.Text),
         sa.Column("started_at", ts, nullable=False),
         sa.Column("updated_at", ts, nullable=False),
         sa.Column("completed_at", ts),
+        sa.Column("log_purged_at", ts, comment="delivery log purged: late rows not re-checked"),
         schema=schema,
     )
     batches = sa.Table(
@@ -56,11 +74,22 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         sa.Column("last_position", sa.Text, nullable=False),
         sa.Column("event_count", sa.Integer, nullable=False),
         sa.Column("bytes", sa.Integer, nullable=False),
-        sa.Column("status", sa.String(20), nullable=False, comment="sent, acked, in_doubt, failed"),
+        sa.Column("status", sa.String(20), nullable=False, comment="sent, acked, in_doubt"),
         sa.Column("attempts", sa.Integer, nullable=False, default=0),
         sa.Column("last_http_status", sa.Integer),
         sa.Column("sent_at", ts),
         sa.Column("acked_at", ts),
+        sa.Column("batch_id", sa.String(40), comment="the request(s) that carried this slice"),
+        sa.Column(
+            "kind", sa.String(10), nullable=False, server_default="run", comment="run, replay"
+        ),
+        sa.Column("event_keys", sa.Text, comment="JSON: source keys of the slice's events"),
+        sa.Column(
+            "unknown",
+            sa.Text,
+            comment="JSON: per event, requests whose fate is unknown (they may have landed)",
+        ),
+        sa.Index(f"ix_{prefix}batches_batch_id", "destination", "batch_id"),
         schema=schema,
     )
     dead_letters = sa.Table(
@@ -78,6 +107,36 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         sa.Column("replayed_at", ts),
         schema=schema,
     )
+    deliveries = sa.Table(
+        f"{prefix}deliveries",
+        metadata,
+        sa.Column("destination", sa.String(100), primary_key=True),
+        sa.Column("source_key", sa.Text, primary_key=True),
+        sa.Column("partition", sa.String(10), nullable=False),
+        sa.Column("event_id", sa.String(32)),
+        sa.Column("batch_id", sa.String(40)),
+        sa.Column("outcome", sa.String(12), nullable=False, comment=", ".join(OUTCOMES)),
+        sa.Column("in_doubt", sa.Integer, nullable=False, default=0, comment="copies maybe extra"),
+        sa.Column("content_hash", sa.BigInteger, comment="CRC-32 of the payload as sent"),
+        sa.Column("recorded_at", ts, nullable=False),
+        sa.Column("deleted_at", ts, comment="the source row was gone at a later re-check"),
+        sa.Index(f"ix_{prefix}deliveries_partition", "destination", "partition"),
+        schema=schema,
+        comment="the per-row delivery log: which source row went where, and when",
+    )
+    leases = sa.Table(
+        f"{prefix}leases",
+        metadata,
+        sa.Column("destination", sa.String(100), primary_key=True),
+        sa.Column("partition", sa.String(10), primary_key=True),
+        sa.Column("holder", sa.String(200), nullable=False, comment="host:pid:token"),
+        sa.Column("host", sa.String(100), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("acquired_at", ts, nullable=False),
+        sa.Column("expires_at", sa.Double, nullable=False, comment="seconds since the epoch"),
+        schema=schema,
+        comment="one run per destination and partition at a time",
+    )
     rate_budget = sa.Table(
         f"{prefix}rate_budget",
         metadata,
@@ -92,7 +151,7 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         ),
         schema=schema,
     )
-    return StateTables(checkpoints, batches, dead_letters, rate_budget)
+    return StateTables(checkpoints, batches, dead_letters, deliveries, leases, rate_budget)
 
 
 def generate_ddl(dialect_name: str = "postgresql", prefix: str = "etl_") -> str:
@@ -105,14 +164,14 @@ def generate_ddl(dialect_name: str = "postgresql", prefix: str = "etl_") -> str:
     }
     dialect = dialects[dialect_name]
     tables = state_tables(sa.MetaData(), prefix, None)
-    parts = [
-        "\n".join(
-            line.rstrip()
-            for line in str(sa.schema.CreateTable(t).compile(dialect=dialect)).strip().splitlines()
-        )
-        + ";"
-        for t in tables.all()
-    ]
+    parts = []
+    for table in tables.all():
+        statements: list[sa.schema.ExecutableDDLElement] = [sa.schema.CreateTable(table)]
+        statements += [
+            sa.schema.CreateIndex(i) for i in sorted(table.indexes, key=lambda i: str(i.name))
+        ]
+        text = "\n".join(str(s.compile(dialect=dialect)).strip() + ";" for s in statements)
+        parts.append("\n".join(line.rstrip() for line in text.splitlines()))
     header = (
         f"-- State tables of etl-backfill ({dialect_name}, prefix {prefix!r}).\n"
         "-- Generated by `etl state-ddl` from etl/state/tables.py, which creates them when\n"

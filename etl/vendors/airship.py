@@ -114,6 +114,10 @@ class Airship(Vendor):
             "Accept": "application/vnd.urbanairship+json; version=3",
         }
 
+    def is_success(self, status: int, data: Any) -> bool:
+        """200 ``{"ok": true, "operation_id": ...}`` (some libraries read ``operationId``)."""
+        return isinstance(data, dict) and data.get("ok") is True
+
     def validate(self, event: Event) -> str | None:
         if event.user_type not in USER_KINDS:
             return f"user kind is not one of {', '.join(USER_KINDS)} (got {event.user_type!r})"

@@ -12,8 +12,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
-from enum import Enum
 from typing import Any, ClassVar
 
 import orjson
@@ -21,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from etl.config import DestinationConfig, MappingConfig, RateLimit
 from etl.events import Event
+from etl.vendors.answers import Classified, classify_http, json_body, reports_no_error
 
 
 class VendorOptions(BaseModel):
@@ -38,50 +37,6 @@ class Endpoint:
     max_bytes: int | None
     rate_limit: RateLimit
     json_array: bool  # the body is a JSON array of events (else one JSON object)
-
-
-class Verdict(Enum):
-    DELIVERED = "delivered"  # every event of the request is stored (or was already)
-    RETRY = "retry"  # 429, 5xx, timeout: the same request may succeed later
-    REJECTED = "rejected"  # the vendor refuses the content: split, then dead-letter
-    FATAL = "fatal"  # credential or scope: stop the destination
-
-
-@dataclass(frozen=True)
-class Classified:
-    verdict: Verdict
-    message: str
-    retry_after: float | None = None
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds, decimals allowed, or HTTP-date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return None
-
-
-def error_message(status: int, body: str) -> str:
-    """A short reason from an error body: its 'message'/'error' field, else the text, truncated."""
-    text = body.strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        for key in ("message", "error", "detail"):
-            if isinstance(data.get(key), str):
-                text = data[key]
-                break
-    return f"HTTP {status}: {text[:300]}" if text else f"HTTP {status}"
 
 
 class Vendor(ABC):
@@ -164,16 +119,13 @@ class Vendor(ABC):
 
     def classify(self, status: int, body: str, headers: dict[str, str]) -> Classified:
         """Sort a response by what the sender must do. Vendors override the odd cases."""
-        if 200 <= status < 300:
-            return Classified(Verdict.DELIVERED, f"HTTP {status}")
-        message = error_message(status, body)
-        if status == 429:
-            return Classified(Verdict.RETRY, message, parse_retry_after(headers.get("Retry-After")))
-        if status in (408, 425) or status >= 500:
-            return Classified(Verdict.RETRY, message, parse_retry_after(headers.get("Retry-After")))
-        if status in (401, 403):
-            return Classified(Verdict.FATAL, message)
-        return Classified(Verdict.REJECTED, message)
+        success = 200 <= status < 300 and self.is_success(status, json_body(body, headers))
+        return classify_http(status, body, headers, success)
+
+    def is_success(self, status: int, data: Any) -> bool:
+        """A 2xx whose JSON body (None if it has none) is the vendor's documented success. By
+        default, for a vendor that publishes no success body: JSON that reports no error."""
+        return reports_no_error(data)
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)

@@ -12,15 +12,8 @@ from typing import Any, Literal
 from etl.config import MappingConfig, RateLimit
 from etl.events import Event
 from etl.timestamps import to_epoch_ms
-from etl.vendors.base import (
-    Classified,
-    Endpoint,
-    Vendor,
-    VendorOptions,
-    Verdict,
-    error_message,
-    is_solana_address,
-)
+from etl.vendors.answers import Classified, Verdict, error_message, reports_no_error
+from etl.vendors.base import Endpoint, Vendor, VendorOptions, is_solana_address
 
 IDENTIFIER_RULES: dict[str, tuple[re.Pattern[str] | None, str]] = {
     "evm_address": (re.compile(r"^0x[0-9a-fA-F]{40}$"), "0x followed by 40 hex digits"),
@@ -90,9 +83,17 @@ class Fuul(Vendor):
             payload["args"] = dict(event.args)
         return payload
 
+    def is_success(self, status: int, data: Any) -> bool:
+        """One event: 201 (or 200) with JSON. A batch: JSON counting the ``ingested_events``
+        (those whose dedup_id was already stored are skipped, and delivered too)."""
+        if self.options.endpoint == "single":
+            return status in (200, 201) and isinstance(data, dict) and reports_no_error(data)
+        count = data.get("ingested_events") if isinstance(data, dict) else None
+        return isinstance(count, int) and not isinstance(count, bool) and count >= 0
+
     def classify(self, status: int, body: str, headers: dict[str, str]) -> Classified:
         if status == 409:  # this dedup_id is already stored: the event was delivered before
-            return Classified(Verdict.DELIVERED, error_message(status, body))
+            return Classified(Verdict.DELIVERED, error_message(status, body), landed=True)
         if status == 403:
             return Classified(
                 Verdict.FATAL,

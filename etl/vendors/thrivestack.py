@@ -49,6 +49,10 @@ class ThriveStack(Vendor):
             return {"Authorization": f"Bearer {credentials['api_key']}"}
         return {"x-api-key": credentials["api_key"]}
 
+    def is_success(self, status: int, data: Any) -> bool:
+        """200 ``{"success": true, ...}``."""
+        return isinstance(data, dict) and data.get("success") is True
+
     def validate(self, event: Event) -> str | None:
         return None
 

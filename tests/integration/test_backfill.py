@@ -114,23 +114,29 @@ def test_refused_key_stops_with_a_clear_message(
                 assert key not in json.dumps([str(v) for v in row])
 
 
-def test_a_day_is_finished_while_the_next_is_sent(tmp_path, warehouse, fast_sandbox):
-    """The answers to a partition's last requests are awaited while the next partition is
-    read and sent: with two requests at most in flight per partition and one request a day,
-    the vendor sees two at once only if partitions overlap."""
+@pytest.mark.parametrize(("batch_size", "requests"), [(1000, 1), (60, 4)])
+def test_batches_fill_across_days(tmp_path, warehouse, fast_sandbox, batch_size, requests):
+    """Four small days (200 rows) go out in ceil(events / batch size) requests, not one a day
+    at least: a request carries the end of one day and the start of the next, each day is
+    committed and checked on its own, and requests of two days are in flight together."""
     path = setup(tmp_path, warehouse, fast_sandbox, rows=200, vendor="thrivestack",
-                 max_in_flight=2, **FAST)  # fmt: skip
+                 max_in_flight=2, batch_size=batch_size, **FAST)  # fmt: skip
     fast_sandbox.sandbox.set_faults("thrivestack", latency_ms=200)
     first = load_pipeline(path).start_date
     report = run_backfill(load_pipeline(path), first_day=first, last_day=first + timedelta(days=3))
     assert report.ok
     stats = fast_sandbox.sandbox.stats["thrivestack"]
-    assert stats["requests"] == 4
-    assert stats["max_concurrent"] == 2
+    assert stats["requests"] == requests
+    assert stats["max_concurrent"] == min(2, requests)
+    days = [p for p in report.destinations[0].partitions if p.partition != "undated"]
+    assert [p.status for p in days] == ["complete"] * 4
+    assert sum(p.requests for p in days) == requests  # a request counts in its first day
     assert_delivered(path, fast_sandbox, "thrivestack")
 
 
-def test_a_failure_to_finish_a_day_stops_the_next(tmp_path, warehouse, fast_sandbox, monkeypatch):
+def test_a_refused_key_stops_after_one_request(tmp_path, warehouse, fast_sandbox, monkeypatch):
+    """The first batch of a run goes alone: a refused key stops the destination after one
+    request, and every day it touched, or would have, is failed (none half-committed)."""
     path = setup(tmp_path, warehouse, fast_sandbox, rows=200, max_in_flight=2, **FAST)
     fast_sandbox.sandbox.set_faults("fuul", latency_ms=100)
     monkeypatch.setenv("FUUL_API_KEY", "wrong-key")
@@ -138,10 +144,11 @@ def test_a_failure_to_finish_a_day_stops_the_next(tmp_path, warehouse, fast_sand
     report = run_backfill(load_pipeline(path), first_day=first, last_day=first + timedelta(days=3))
     dest = report.destinations[0]
     assert dest.error and "HTTP 401" in dest.error
-    assert [p.status for p in dest.partitions] == ["failed", "failed"]  # the second one stopped
-    assert fast_sandbox.sandbox.stats["fuul"]["requests"] <= 2
+    days = [p for p in dest.partitions if p.partition != "undated"]
+    assert days and {p.status for p in days} == {"failed"}
+    assert fast_sandbox.sandbox.stats["fuul"]["requests"] == 1
     statuses = {cp.partition: cp.status for cp in store_of(path).checkpoints_of(DESTINATION)}
-    assert sorted(statuses.values()) == ["failed", "failed"]
+    assert {s for p, s in statuses.items() if p != "undated"} == {"failed"}
 
 
 def test_missing_key_stops_before_anything_is_sent(

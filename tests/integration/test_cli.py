@@ -54,15 +54,21 @@ def test_run_status_and_dead_letters(tmp_path, warehouse, sandbox, monkeypatch):
     code, out = invoke("run", "-c", str(path), *span)
     assert code == 0 and "Nothing left to send" in out
     code, out = invoke("status", "-c", str(path))
-    assert code == 0 and "4 partitions 4 complete" in out and "total" in out
+    assert code == 0 and "4 partitions 4 complete" in out
+    assert len(out.splitlines()) <= 3  # one line a destination, and the source's outside rows
+    code, out = invoke("status", "-c", str(path), "--all")
+    assert code == 0 and "total" in out and FIRST.isoformat() in out
     code, out = invoke("dead-letters", "list", "-c", str(path), "-d", "fuul_rewards")
     assert code == 0 and "dead letters for fuul_rewards" in out
-    code, out = invoke(
-        "dead-letters", "list", "-c", str(path), "-d", "fuul_rewards", "--json", "--limit", "1"
-    )
-    assert code == 0 and len(out.splitlines()) <= 1
-    if out.strip():
-        assert json.loads(out)["reason"]
+    args = ["dead-letters", "list", "-c", str(path), "-d", "fuul_rewards", "--json"]
+    every = CliRunner().invoke(cli, args)
+    letters = [json.loads(line) for line in every.stdout.splitlines()]
+    assert every.exit_code == 0 and letters and all(d["reason"] for d in letters)
+    assert "shown" not in every.stderr  # --json lists them all
+    one = CliRunner().invoke(cli, [*args, "--limit", "1"])
+    assert one.exit_code == 0 and len(one.stdout.splitlines()) == 1
+    if len(letters) > 1:
+        assert f"1 of {len(letters)} shown (--limit)" in one.stderr
     code, out = invoke("status", "-c", str(path), "-d", "nope")
     assert code == 1 and "unknown destination(s) nope" in out
 

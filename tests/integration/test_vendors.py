@@ -122,7 +122,8 @@ def test_airship_skips_history_older_than_its_window(tmp_path, warehouse, sandbo
         "400 rows from 2024-03-01 to 2024-03-04 are older than Airship's 90-day window"
         in messages[0]
     )
-    assert {cp.status for cp in store_of(path).checkpoints_of(DESTINATION)} == {"skipped"}
+    days = [cp for cp in store_of(path).checkpoints_of(DESTINATION) if cp.partition != "undated"]
+    assert {cp.status for cp in days} == {"skipped"}
     assert sandbox.sandbox.stats == {}
 
 

@@ -28,7 +28,7 @@ def test_batches_close_at_the_count_and_keep_every_row():
     batcher = Batcher(Fuul(FuulOptions()), max_events=3, max_bytes=None, first_seq=5)
     closed = []
     for n in range(8):
-        outcome = Filtered(("t", n)) if n % 4 == 3 else event(n)
+        outcome = Filtered(("t", n), str(n)) if n % 4 == 3 else event(n)
         closed += batcher.add(outcome)
     last = batcher.flush()
     assert last is not None
@@ -73,10 +73,14 @@ def test_rows_without_events_still_close_batches():
 
 
 class FakeResponse:
+    """An answer as the vendor gives it: JSON; a 2xx with Fuul's batch success by default."""
+
     def __init__(self, status: int, body: object = None, headers: dict[str, str] | None = None):
         self.status_code = status
+        if body is None and 200 <= status < 300:
+            body = {"ingested_events": 1}
         self.text = json.dumps(body or {})
-        self.headers = headers or {}
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
 
 
 class FakeSession:
@@ -90,7 +94,8 @@ class FakeSession:
     def merge_environment_settings(self, url, proxies, stream, verify, cert):
         return {}
 
-    def send(self, request, timeout):
+    def send(self, request, timeout, allow_redirects=True, **environment):
+        assert allow_redirects is False  # a redirect would carry the key to another host
         events = json.loads(request.body)
         ids = [e["dedup_id"] for e in events]
         self.calls.append(ids)

@@ -79,7 +79,7 @@ def test_golden_fuul_payloads(case):
 
 def test_filtered_rows_carry_only_their_position():
     outcome = mapper().map_row(row(action="login"))
-    assert outcome == Filtered((datetime(2024, 6, 1, 14, 30), 42))
+    assert outcome == Filtered((datetime(2024, 6, 1, 14, 30), 42), "42")
 
 
 def test_filter_matches_numbers_given_as_text():

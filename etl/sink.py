@@ -1,0 +1,200 @@
+"""Where batches go: sent and committed in order (:class:`DeliverySink`), or written out.
+
+Batches go out with up to ``max_in_flight`` requests at once but are committed strictly in order,
+so that each partition's cursor only ever moves over a contiguous run of committed rows. The
+first batch of a run goes alone: if the URL is not the vendor's API, one request says so.
+
+A stop (Ctrl-C, SIGTERM, an error that stops the destination) sends nothing more, waits a
+moment for the answers still out, and commits every answer that came back, in order or not (the
+cursor then stays behind, and the delivery log keeps those rows from being sent again).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
+from typing import IO, Protocol
+
+from etl.errors import DeliveryError
+from etl.events import Batch, SendResult
+from etl.sender import NotSent, Sender, Stopped
+from etl.state import StateStore
+from etl.state.ledger import Acknowledged
+
+# What a batch's answers mean for its partitions (in doubt, the cursor): (batch, result, in
+# order) -> what to commit. Then what the run does once they are committed.
+Account = Callable[[Batch, SendResult, bool], Acknowledged]
+Committed = Callable[[Acknowledged], None]
+
+
+class BatchSink(Protocol):
+    def submit(self, batch: Batch) -> None: ...
+    def drain(self) -> None: ...
+    def stop(self, grace: float) -> int: ...
+
+
+class BatchDepartures:
+    """Keeps the ledger told, for one batch, of the requests that may have landed: written as
+    the first request leaves, updated on each retry and on each answer that shows a request
+    stored nothing."""
+
+    def __init__(self, store: StateStore, destination: str, batch: Batch, kind: str) -> None:
+        self.store = store
+        self.destination = destination
+        self.batch = batch
+        self.kind = kind
+        self.unknown = [0] * len(batch.events)
+        self.attempts = 0
+        self.marked = False
+        self._lock = threading.Lock()
+
+    def leaving(self, indexes: list[int]) -> None:
+        with self._lock:
+            for i in indexes:
+                self.unknown[i] += 1
+            self.attempts += 1
+            if not self.marked:
+                self.store.mark_sent(self.destination, self.batch, self.unknown, self.kind)
+                self.marked = True
+            else:
+                self._note()
+
+    def not_landed(self, indexes: list[int]) -> None:
+        with self._lock:
+            for i in indexes:
+                self.unknown[i] -= 1
+            self._note()
+
+    def _note(self) -> None:
+        self.store.note_unknown(self.destination, self.batch, self.unknown, self.attempts)
+
+
+class DeliverySink:
+    """Sends batches on a thread pool and commits their answers in order."""
+
+    def __init__(
+        self,
+        name: str,
+        sender: Sender,
+        store: StateStore,
+        in_flight: int,
+        account: Account,
+        committed: Committed,
+        kind: str = "run",
+    ) -> None:
+        self.name = name
+        self.sender = sender
+        self.store = store
+        self.in_flight = in_flight
+        self.limit = 1  # until the first answer shows the URL is the vendor's API
+        self.account = account
+        self.committed = committed
+        self.kind = kind
+        self.pool = ThreadPoolExecutor(in_flight, thread_name_prefix=f"send-{name}")
+        self.pending: deque[tuple[Batch, Future[SendResult]]] = deque()
+
+    def submit(self, batch: Batch) -> None:
+        self._commit_finished(until=self.limit - 1)
+        future: Future[SendResult]
+        if batch.events:
+            future = self.pool.submit(self._send, batch)
+        else:  # only filtered or rejected rows: nothing to send, committed in its turn
+            future = Future()
+            future.set_result(SendResult())
+        self.pending.append((batch, future))
+
+    def _send(self, batch: Batch) -> SendResult:
+        departures = BatchDepartures(self.store, self.name, batch, self.kind)
+        return self.sender.send(batch.encoded, departures)
+
+    def _commit_finished(self, until: int) -> None:
+        """Commit finished batches in order, waiting for the oldest while more than ``until``
+        are pending. A DeliveryError is raised after the batches before it are committed."""
+        acknowledged: list[Acknowledged] = []
+        failure: BaseException | None = None
+        try:
+            while self.pending and (len(self.pending) > until or self.pending[0][1].done()):
+                batch, finished = self.pending[0]
+                result = finished.result()
+                self.pending.popleft()
+                acknowledged.append(self.account(batch, result, True))
+                self.limit = self.in_flight
+        except BaseException as exc:
+            failure = exc
+        self._commit(acknowledged)
+        if failure is not None:
+            raise failure
+
+    def _commit(self, acknowledged: list[Acknowledged]) -> None:
+        if acknowledged:
+            self.store.commit(self.name, acknowledged)
+            for done in acknowledged:
+                self.committed(done)
+
+    def drain(self) -> None:
+        """Wait for every answer and commit them all."""
+        self._commit_finished(until=0)
+
+    def stop(self, grace: float) -> int:
+        """Send nothing more; wait up to ``grace`` seconds for the answers still out; commit
+        every answer that came back. Returns the events of requests left unanswered (in doubt:
+        their ledger rows say which)."""
+        self.sender.stopping.set()
+        wait_for([f for _, f in self.pending], timeout=grace)
+        in_order, acknowledged, unanswered = True, [], 0
+        for batch, future in self.pending:
+            if not future.done():
+                in_order = False
+                unanswered += len(batch.events)
+                continue
+            try:
+                result = future.result()
+            except NotSent:
+                in_order = False  # nothing of it left: its rows are read again next time
+                continue
+            except (Stopped, DeliveryError):
+                in_order = False
+                unanswered += len(batch.events)
+                continue
+            acknowledged.append(self.account(batch, result, in_order))
+        self.pending.clear()
+        self._commit(acknowledged)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        return unanswered
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class DryRunSink:
+    """Writes each payload as a JSON line instead of sending it; touches no state."""
+
+    def __init__(self, name: str, out: IO[str], committed: Committed) -> None:
+        self.name = name
+        self.out = out
+        self.committed = committed
+
+    def submit(self, batch: Batch) -> None:
+        for part in batch.slices:
+            for index in range(part.start, part.end):
+                line = {
+                    "destination": self.name,
+                    "partition": part.partition,
+                    "event_id": batch.events[index].event_id,
+                    "batch": batch.batch_id,
+                    "payload": batch.payload(index),
+                }
+                self.out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        result = SendResult(delivered=list(range(len(batch.events))))
+        self.committed(Acknowledged(batch, result))
+
+    def drain(self) -> None:
+        self.out.flush()
+
+    def stop(self, grace: float) -> int:
+        self.out.flush()
+        return 0

@@ -1,0 +1,41 @@
+"""Bringing state tables written by an earlier version up to date: the columns they lack.
+
+Only added columns (nullable, or with a default) are ever needed; Alembic's ``AddColumn``
+construct compiles the ``ALTER TABLE`` from the table declarations. Where the dialect cannot
+list a table's columns (DuckDB through the PostgreSQL dialect), nothing is changed.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic.ddl.base import AddColumn
+from sqlalchemy.exc import SQLAlchemyError
+
+
+def _columns(inspector: sa.Inspector, table: sa.Table) -> set[str] | None:
+    try:
+        if not inspector.has_table(table.name, schema=table.schema):
+            return None
+        return {c["name"] for c in inspector.get_columns(table.name, schema=table.schema)}
+    except (SQLAlchemyError, NotImplementedError):
+        return None
+
+
+def missing_columns(inspector: sa.Inspector, tables: list[sa.Table]) -> list[sa.Column[object]]:
+    """The declared columns that existing tables lack (an earlier version wrote them)."""
+    missing = []
+    for table in tables:
+        present = _columns(inspector, table)
+        if present is not None:
+            missing += [c for c in table.columns if c.name not in present]
+    return missing
+
+
+def add_missing_columns(conn: sa.Connection, tables: list[sa.Table]) -> list[str]:
+    """Add to each existing table the declared columns it lacks; the ``table.column`` added."""
+    added = []
+    for column in missing_columns(sa.inspect(conn), tables):
+        table = column.table
+        conn.execute(AddColumn(table.name, column, schema=table.schema))
+        added.append(f"{table.name}.{column.name}")
+    return added
