@@ -16,11 +16,9 @@ INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
 
 
 def prepare_home(home: Path) -> Path:
-    """A DAGSTER_HOME with this project's instance settings (kept if already there)."""
+    """A DAGSTER_HOME with this project's instance settings (brought up to date if there)."""
     home.mkdir(parents=True, exist_ok=True)
-    target = home / "dagster.yaml"
-    if not target.exists():
-        shutil.copyfile(INSTANCE_TEMPLATE, target)
+    shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
     return home
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from etl.errors import SourceError
+from etl.errors import ReadOnlyDatabaseError, SourceError
 from etl.timestamps import text_to_epoch_us
 
 TEXT_FUNCTION = "etl_text_to_epoch_us"  # a text timestamp as UTC microseconds (etl.windows)
@@ -23,6 +26,12 @@ def make_engine(url: str) -> Engine:
         raise SourceError(f"cannot use warehouse URL ...{shown}: {exc}") from None
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_connection)
+        database = engine.url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            files = [database + suffix for suffix in ("", "-wal", "-shm")]
+            check = _writable(files)
+            sa.event.listen(engine, "before_cursor_execute", check)
+            _CHECKS[engine] = check
     elif engine.dialect.name == "duckdb":
         sa.event.listen(engine, "connect", _duckdb_connection)
     return engine
@@ -37,6 +46,41 @@ def _sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
     dbapi_connection.create_function(TEXT_FUNCTION, 2, text_to_epoch_us, deterministic=True)
+
+
+_CHECKS: weakref.WeakKeyDictionary[Engine, Callable[..., None]] = weakref.WeakKeyDictionary()
+
+
+def dispose(engine: Engine) -> None:
+    """Close an engine's connections, unless its SQLite file can no longer be written: closing
+    would checkpoint its WAL into it, and SQLite would die of SIGBUS (they are left to the
+    process's end, which ends at once: see ReadOnlyDatabaseError in the command line)."""
+    check = _CHECKS.get(engine)
+    if check is not None:
+        try:
+            check()
+        except ReadOnlyDatabaseError:
+            return
+    engine.dispose()
+
+
+def _writable(files: list[str]) -> Callable[..., None]:
+    """Before each statement on a SQLite file: its files can still be written. SQLite maps the
+    shared-memory index of a WAL database into memory, readers included; when the file turns
+    read-only under a running process (chattr +i, a read-only remount), the next statement
+    kills the process with SIGBUS and no word. Found here first, it is an error that says so."""
+
+    def check(*_args: Any) -> None:
+        # access(), not open(): closing a descriptor of the database would drop SQLite's locks
+        for path in files:
+            if not os.access(path, os.W_OK) and os.path.exists(path):
+                raise ReadOnlyDatabaseError(
+                    f"the SQLite database {files[0]} can no longer be written ({path} is "
+                    "read-only): make it writable and run again; nothing was lost, what was "
+                    "sent since its last record is in doubt and is resolved then"
+                )
+
+    return check
 
 
 def _duckdb_connection(dbapi_connection: Any, _record: Any) -> None:

@@ -51,3 +51,7 @@ class LeaseHeldError(EtlError):
 
 class StateDatabaseError(EtlError):
     """The state database refuses to record progress (read-only, full, locked)."""
+
+
+class ReadOnlyDatabaseError(StateDatabaseError):
+    """A SQLite file that can no longer be written under a running process."""

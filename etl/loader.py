@@ -22,11 +22,22 @@ from etl.vendors import VENDORS
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML without its own dates: a date is text until the models read it, so that an
+    impossible one (2024-13-01) is an error that names its key, not a crash of the parser."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_pipeline(path: str | Path) -> PipelineConfig:
     """Read and validate a pipeline file; raise ConfigError naming the file and the key."""
     file = Path(path)
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        raw = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader)  # a SafeLoader
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read the pipeline file: {exc.strerror}") from exc
     except yaml.YAMLError as exc:

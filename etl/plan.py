@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 from etl.config import PipelineConfig, RateLimit
+from etl.database import dispose
 from etl.destination import Destination, resolve_destination
 from etl.events import Batch
 from etl.partition import MAP_SLICE, DestinationContext, LogFilter, PartitionTask, plan_task
@@ -118,7 +119,7 @@ def plan_backfill(
         ]
         outside = source.outside(days[-1])
     finally:
-        source.engine.dispose()
+        dispose(source.engine)
         if store is not None:
             store.close()
     return Plan(plans, outside, days[0], days[-1], config.start_date)

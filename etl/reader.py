@@ -26,7 +26,7 @@ from datetime import date
 from multiprocessing.connection import Connection
 
 from etl.config import PipelineConfig, SourceConfig
-from etl.database import single_process_only
+from etl.database import dispose, single_process_only
 from etl.errors import SourceError
 from etl.events import Position
 from etl.interpreter import tuned_interpreter
@@ -191,7 +191,7 @@ def _serve(requests: Connection, chunks: Connection) -> None:
         return  # the run closed its end: it has ended, or stopped reading
     finally:
         if source is not None:
-            source.engine.dispose()
+            dispose(source.engine)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etl.config import PipelineConfig
+from etl.database import dispose
 from etl.destination import Destination, resolve_destination
 from etl.errors import DeliveryError
 from etl.events import Batch, DeadLetter, Event, Filtered, SendResult
@@ -60,8 +61,8 @@ def replay_dead_letters(
             _Replay(dest, source, store, report).run(letters, credentials, timing, stop)
     finally:
         store.leases.close()
-        source.engine.dispose()
-        store.engine.dispose()
+        dispose(source.engine)
+        dispose(store.engine)
     return report
 
 
@@ -93,7 +94,13 @@ class _Replay:
         self._count_dead(still_dead)
         sender = open_sender(self.dest, credentials, store, timing=timing, stopping=stop)
         sink = DeliverySink(
-            name, sender, store, self.dest.requests_in_flight, self._account, self._committed
+            name,
+            sender,
+            store,
+            self.dest.requests_in_flight,
+            self._account,
+            self._committed,
+            kind="replay",
         )
         try:
             for batch in self._batches(to_send):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from etl.config import PipelineConfig
+from etl.database import dispose
 from etl.ratelimit import BucketRegistry
 from etl.reader import ReaderProcess
 from etl.source import Source
@@ -69,12 +70,12 @@ class RunContext:
             timing = replace(timing, sleep=lambda seconds: _sleep_unless(stop, seconds))
         with ExitStack() as stack:
             source = Source(config)
-            stack.callback(source.engine.dispose)
+            stack.callback(dispose, source.engine)
             store = leases = None
             out = None
             if options.dry_run is None:
                 store = open_store(config, source.engine)
-                stack.callback(store.engine.dispose)
+                stack.callback(dispose, store.engine)
                 leases = store.leases
                 leases.heartbeat()
                 stack.callback(leases.close)

@@ -109,7 +109,7 @@ class DeliverySink:
 
     def _send(self, batch: Batch) -> SendResult:
         departures = BatchDepartures(self.store, self.name, batch, self.kind)
-        return self.sender.send(batch.encoded, departures)
+        return self.sender.send(batch.encoded, departures, batch.batch_id)
 
     def _commit_finished(self, until: int) -> None:
         """Commit finished batches in order, waiting for the oldest while more than ``until``

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import sys
@@ -11,7 +12,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.app import pipeline_commands, tool_commands
-from etl.errors import EtlError
+from etl.errors import EtlError, ReadOnlyDatabaseError
 
 
 class _Group(click.Group):
@@ -20,6 +21,12 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ReadOnlyDatabaseError as exc:
+            # at once: a normal exit would close its SQLite connections, and SQLite would die
+            # of SIGBUS writing the file that is now read-only
+            click.echo(f"Error: {exc}", err=True)
+            sys.stdout.flush()
+            os._exit(1)
         except EtlError as exc:
             raise click.ClickException(str(exc)) from None
         except SQLAlchemyError as exc:
@@ -69,4 +76,5 @@ for command in (
 
 
 def main() -> None:
+    faulthandler.enable()  # a crash in C code says where, instead of dying without a word
     cli(prog_name="etl")

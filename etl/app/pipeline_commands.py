@@ -27,6 +27,7 @@ from etl.app.output import (
     print_summary,
 )
 from etl.config import PipelineConfig
+from etl.database import dispose
 from etl.errors import EtlError
 from etl.plan import plan_backfill
 from etl.ranges import yesterday
@@ -176,7 +177,7 @@ def _print_source_outside(config: PipelineConfig) -> None:
     try:
         print_outside(source.outside(yesterday()), yesterday(), config.start_date)
     finally:
-        source.engine.dispose()
+        dispose(source.engine)
 
 
 @click.group("dead-letters")

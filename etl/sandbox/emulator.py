@@ -29,6 +29,13 @@ class Faults:
     error_rate: float = 0.0  # answer 503 without storing
     lose_rate: float = 0.0  # store, then drop the connection without answering
     latency_ms: float = 0.0  # added before every answer
+    # What a misconfigured URL or a proxy in front of the vendor answers instead of it, without
+    # storing anything: a status (404, 405, 413, a 3xx, or a 200 that is not the vendor's
+    # success), its body and content type, and a Location for a redirect.
+    answer_status: int = 0
+    answer_body: str = ""
+    answer_content_type: str = "text/html"
+    answer_location: str = ""
 
 
 @dataclass

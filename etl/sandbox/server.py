@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,19 @@ from etl.sandbox.emulator import Faults, Reply, VendorEmulator
 from etl.sandbox.fuul import FuulEmulator
 from etl.sandbox.thrivestack import ThriveStackEmulator
 from etl.sandbox.torque import TorqueEmulator
+
+
+@dataclass
+class RequestRecord:
+    """One request as the sandbox saw it: what it stored, and whether its answer went out."""
+
+    id: int
+    vendor: str
+    path: str
+    headers: dict[str, str]
+    stored: list[int] = field(default_factory=list)  # indexes into the vendor's records
+    status: int | None = None
+    answered: bool = False
 
 
 class Sandbox:
@@ -58,6 +71,8 @@ class Sandbox:
         self.faults: dict[str, Faults] = defaultdict(Faults)
         self.arrivals: dict[str, list[float]] = defaultdict(list)  # clock() of every request
         self.open: Counter[str] = Counter()  # requests being answered, per vendor
+        self.requests: list[RequestRecord] = []  # every request, vendors' and unknown paths'
+        self._current = threading.local()
         self.fuul_triggers = fuul_triggers
         self.torque_events = torque_events
         self.emulators = self._emulators()
@@ -70,7 +85,20 @@ class Sandbox:
             "airship": AirshipEmulator(self),
         }
 
+    def begin(self, method: str, path: str, headers: Mapping[str, str]) -> RequestRecord:
+        """A request arrives (on the handler's thread): its record, current on this thread."""
+        vendor = urlparse(path).path.strip("/").split("/", 1)[0]
+        with self.lock:
+            request = RequestRecord(len(self.requests), vendor, f"{method} {path}", dict(headers))
+            if vendor != "_sandbox":
+                self.requests.append(request)
+        self._current.request = request
+        return request
+
     def record(self, vendor: str, event: dict[str, Any]) -> None:
+        request = getattr(self._current, "request", None)
+        if request is not None:
+            request.stored.append(len(self.records[vendor]))
         self.records[vendor].append(event)
         self.stats[vendor]["stored"] += 1
         if self.record_path is not None:
@@ -87,6 +115,7 @@ class Sandbox:
             self.stats.clear()
             self.arrivals.clear()
             self.faults.clear()
+            self.requests.clear()
             self.emulators = self._emulators()
 
     def dispatch(
@@ -128,6 +157,11 @@ class Sandbox:
             stats = self.stats[emulator.name]
             stats["requests"] += 1
             self.arrivals[emulator.name].append(self.clock())
+            if faults.answer_status:
+                stats[f"answered_{faults.answer_status}"] += 1
+                location = {"Location": faults.answer_location} if faults.answer_location else None
+                raw = faults.answer_body  # as is: HTML, empty, or JSON text
+                return Reply(faults.answer_status, raw, location, faults.answer_content_type)
             if faults.error_rate and self.random.random() < faults.error_rate:
                 stats["errors"] += 1
                 return Reply(503, {"message": "Service unavailable (injected)"})
@@ -158,6 +192,11 @@ class Sandbox:
         if method == "GET" and path == "stats":
             with self.lock:
                 return Reply(200, {k: dict(v) for k, v in self.stats.items()})
+        if method == "GET" and path == "requests":
+            vendor = parse_qs(query).get("vendor", [""])[0]
+            with self.lock:
+                found = [asdict(r) for r in self.requests if r.vendor == vendor or not vendor]
+            return Reply(200, found)
         if method == "POST" and path == "faults":
             for vendor, values in json.loads(body or b"{}").items():
                 self.set_faults(vendor, **values)
@@ -177,14 +216,16 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = CaseInsensitiveDict(self.headers.items())
+        request = self.server.sandbox.begin(method, self.path, headers)
         reply = self.server.sandbox.dispatch(method, self.path, headers, body)
         if reply is None:
             self.close_connection = True
             return
-        if reply.content_type == "application/json":
-            data = json.dumps(reply.body).encode()
+        request.status = reply.status
+        if isinstance(reply.body, str):
+            data = reply.body.encode()
         else:
-            data = str(reply.body).encode()
+            data = json.dumps(reply.body).encode()
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -192,6 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
+        self.wfile.flush()
+        request.answered = True
 
     def do_GET(self) -> None:
         self._serve("GET")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,8 +16,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from etl.config import PipelineConfig
-from etl.database import make_engine
-from etl.errors import ConfigError, MappingChangedError
+from etl.database import dispose, make_engine, safe_url
+from etl.errors import ConfigError, MappingChangedError, StateDatabaseError
 from etl.events import Batch, DeadLetter, Position
 from etl.state.deliveries import DeliveryLog
 from etl.state.leases import Leases
@@ -77,6 +79,7 @@ class StateStore:
         self.dead = self.tables.dead_letters
         self.rate_budget = self.tables.rate_budget
         self.ledger = Ledger(self.tables)
+
         self.log = DeliveryLog(engine, self.tables)
         self.leases = Leases(engine, self.tables.leases)
 
@@ -98,7 +101,16 @@ class StateStore:
                 time.sleep(0.2 * (attempt + 1))
 
     def close(self) -> None:
-        self.engine.dispose()
+        dispose(self.engine)
+
+    @contextmanager
+    def _writing(self) -> Iterator[sa.Connection]:
+        """A transaction that records progress; a database that refuses it is named, with why."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise refused(exc, safe_url(self.engine)) from exc
 
     def table_names(self) -> list[str]:
         return [t.fullname for t in self.tables.all()]
@@ -144,7 +156,7 @@ class StateStore:
         batches sent but never acknowledged become in doubt. ``restart`` forgets everything
         of the partition first."""
         cp_key = self._key(self.checkpoints, destination, partition)
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             row = conn.execute(sa.select(self.checkpoints).where(cp_key)).mappings().first()
             if row is not None and restart:
                 for table in (self.batches, self.dead, self.tables.deliveries, self.checkpoints):
@@ -170,7 +182,7 @@ class StateStore:
     def start_replay(self, destination: str, partition: str) -> None:
         """A replay takes a partition (under its lease): what earlier runs or replays left
         unanswered becomes in doubt."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             self._doubt_unanswered(conn, destination, partition)
 
     def _doubt_unanswered(self, conn: sa.Connection, destination: str, partition: str) -> None:
@@ -185,7 +197,7 @@ class StateStore:
     def mark_skipped(self, destination: str, partition: str, fingerprint: str, reason: str) -> None:
         """Record a partition that will not be sent (e.g. older than the vendor accepts),
         unless it was already sent or started."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             key = self._key(self.checkpoints, destination, partition)
             if conn.execute(sa.select(self.checkpoints.c.status).where(key)).first() is not None:
                 return
@@ -212,7 +224,7 @@ class StateStore:
         """The partition's status after a run; ``counters``: deleted and changed, as a re-check
         found them."""
         at = now()
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             conn.execute(
                 sa.update(self.checkpoints)
                 .where(self._key(self.checkpoints, destination, partition))
@@ -229,22 +241,22 @@ class StateStore:
 
     def mark_sent(self, destination: str, batch: Batch, unknown: list[int], kind: str) -> None:
         """The batch's first request is leaving (see etl.state.ledger)."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             self.ledger.mark_sent(conn, destination, batch, unknown, kind)
 
     def note_unknown(
         self, destination: str, batch: Batch, unknown: list[int], attempts: int
     ) -> None:
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             self.ledger.note_unknown(conn, destination, batch, unknown, attempts)
 
     def forget(self, destination: str, batch: Batch) -> None:
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             self.ledger.forget(conn, destination, batch)
 
     def commit(self, destination: str, acknowledged: list[Acknowledged]) -> None:
         """One transaction: each acknowledged batch committed, in order."""
-        with self.engine.begin() as conn:
+        with self._writing() as conn:
             for done in acknowledged:
                 self.ledger.commit(conn, destination, done)
 
@@ -331,6 +343,24 @@ class StateStore:
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(stmt, rows)
+
+
+def refused(exc: OperationalError, url: str) -> StateDatabaseError:
+    """What a state database's refusal means, in one line."""
+    text = str(exc.orig if exc.orig is not None else exc).splitlines()[0]
+    lowered = text.lower()
+    if "readonly" in lowered or "read-only" in lowered or "read only" in lowered:
+        why = "it is read-only"
+    elif "full" in lowered or "no space" in lowered:
+        why = "its disk is full"
+    elif "locked" in lowered:
+        why = "another process holds it locked"
+    else:
+        why = "it failed"
+    return StateDatabaseError(
+        f"the state database {url} refused to record progress ({why}: {text}); nothing was "
+        "lost: what was sent since its last record is in doubt and is resolved when you run again"
+    )
 
 
 def refuse_changed_mapping(

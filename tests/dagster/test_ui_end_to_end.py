@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -39,7 +40,7 @@ query Backfill($id: String!) {
 RUNS = """
 query Runs($id: String!) {
   runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
-    ... on Runs { results { status tags { key value } } }
+    ... on Runs { results { runId status tags { key value } } }
   }
 }"""
 
@@ -65,10 +66,11 @@ class Ui:
         return body["data"]
 
 
-@pytest.fixture(scope="module")
-def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
-    tmp = tmp_path_factory.mktemp("ui")
+@contextmanager
+def dagster_dev(tmp: Path, latency_ms: float = 0) -> Iterator[tuple[Ui, Path]]:
+    """`dagster dev` (webserver and daemon) on a pipeline of four days and the sandbox."""
     sandbox = start_sandbox(time_scale=1e6)
+    sandbox.sandbox.set_faults("fuul", latency_ms=latency_ms)
     with warehouse_of("sqlite", tmp) as warehouse:
         warehouse.fill(800, days=4, end=RECENT_END)
         pipeline = write_pipeline(
@@ -100,7 +102,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
                 assert proc.poll() is None, (tmp / "dagster-dev.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "dagster dev did not start"
                 time.sleep(0.5)
-            yield Ui(url, sandbox)
+            yield Ui(url, sandbox), home
         finally:
             os.killpg(proc.pid, 15)
             try:
@@ -109,6 +111,12 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
                 os.killpg(proc.pid, 9)
             log.close()
             sandbox.stop()
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
+    with dagster_dev(tmp_path_factory.mktemp("ui")) as (found, _):
+        yield found
 
 
 def test_backfill_launched_through_graphql(ui: Ui):
