@@ -20,7 +20,6 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
 
 from etl.destination import Destination
 from etl.events import Event, Filtered, Position, Rejected, RowOutcome
@@ -29,7 +28,7 @@ from etl.reports import PartitionReport
 from etl.sender import Sender
 from etl.source import Chunks, Source
 from etl.state import Checkpoint, StateStore
-from etl.state.deliveries import Entry, Move
+from etl.state.deliveries import Entry
 from etl.state.ledger import payload_hash
 from etl.vendors.base import encode_json
 from etl.windows import partition_key
@@ -67,9 +66,9 @@ class PartitionTask:
     checkpoint: Checkpoint | None = None
     report: PartitionReport = field(init=False)
     prior_unknown: Counter[str] = field(default_factory=Counter)
-    known: dict[str, Entry] = field(default_factory=dict)  # recheck: the log's rows here
-    seen: set[str] = field(default_factory=set)  # recheck: rows of the log read again
-    changed: int = 0
+    known: dict[str, Entry] = field(default_factory=dict)  # the log's rows here (not new)
+    seen: set[str] = field(default_factory=set)  # rows of the log read again
+    changed_rows: dict[str, int | None] = field(default_factory=dict)  # key -> new hash
     pending: int = 0  # slices handed to the sink, not yet committed
     read_done: bool = False
     rechecked: bool = False  # a re-check was queued after a count that did not match
@@ -115,70 +114,64 @@ def open_task(ctx: DestinationContext, task: PartitionTask, restart: bool) -> No
     task.checkpoint = store.start(name, task.key, fingerprint, restart, status=status)
     if not ctx.destination.deduplicates:
         task.prior_unknown = store.prior_unknown(name, task.key)
-    if task.mode == "recheck":
+    if task.mode in ("recheck", "resume"):
         task.known = store.log.known(name, task.key)
 
 
 class LogFilter:
-    """Keeps the rows the delivery log does not hold; the others are counted where they are.
+    """Keeps the rows of a resumed or re-checked partition that its delivery log does not hold
+    (loaded when the partition opens). In a re-check, a row the log holds whose content changed
+    since it was sent is counted as changed, and not sent again."""
 
-    One lookup a chunk. A row the log holds in this partition was read before (in a re-check,
-    its content is compared); one it holds in another partition moved here (its timestamp
-    changed): its log row and counts move here, and it is not sent again.
-    """
-
-    def __init__(self, ctx: DestinationContext, dry: bool = False) -> None:
-        self.ctx = ctx
-        self.store = ctx.store
+    def __init__(self, ctx: DestinationContext) -> None:
         self.vendor = ctx.destination.vendor
-        self.dry = dry  # a plan: rows that moved are counted, not moved
 
     def new_rows(self, task: PartitionTask, outcomes: list[RowOutcome]) -> list[RowOutcome]:
-        store = self.store
-        if store is None or not outcomes:
-            return outcomes
-        entries = store.log.find(self.ctx.name, [o.source_key for o in outcomes])
-        if not entries:
+        known = task.known
+        if not known:
             return outcomes
         kept: list[RowOutcome] = []
-        moves: list[Move] = []
         for outcome in outcomes:
-            entry = entries.get(outcome.source_key)
+            entry = known.get(outcome.source_key)
             if entry is None:
                 kept.append(outcome)
                 continue
             task.seen.add(outcome.source_key)
-            if entry.partition != task.key:
-                moves.append(Move(outcome.source_key, entry, task.key))
-                task.changed += 1
-            elif task.mode == "recheck" and self._changed(outcome, entry):
-                task.changed += 1
-        if not self.dry:
-            store.log.move(self.ctx.name, moves)
+            if task.mode == "recheck":
+                digest = self._digest(outcome)
+                if _differs(digest, outcome, entry):
+                    task.changed_rows[outcome.source_key] = digest
         return kept
 
-    def _changed(self, outcome: RowOutcome, entry: Entry) -> bool:
-        if isinstance(outcome, Filtered):
-            return entry.outcome != "filtered"
-        if entry.outcome == "filtered":
-            return True
+    def _digest(self, outcome: RowOutcome) -> int | None:
         if isinstance(outcome, Event):
-            digest: int = zlib.crc32(encode_json(self.vendor.encode(outcome)))
-        else:
-            assert isinstance(outcome, Rejected)
-            digest = payload_hash(outcome.row)
-        return entry.content_hash is not None and digest != entry.content_hash
+            return zlib.crc32(encode_json(self.vendor.encode(outcome)))
+        if isinstance(outcome, Rejected):
+            return payload_hash(outcome.row)
+        return None
+
+
+def _differs(digest: int | None, outcome: RowOutcome, entry: Entry) -> bool:
+    if isinstance(outcome, Filtered) or entry.outcome == "filtered":
+        return isinstance(outcome, Filtered) != (entry.outcome == "filtered")
+    return entry.content_hash is not None and digest != entry.content_hash
 
 
 def close_recheck(ctx: DestinationContext, task: PartitionTask) -> int:
-    """After a re-check read the whole partition: the log's rows it did not find are marked
-    deleted, those found again unmarked. Returns the partition's deleted rows."""
-    store = ctx.store
+    """After a re-check read the whole partition: the log's rows it did not find either moved
+    to another day (their timestamp changed; sent there again) or were deleted; rows found
+    again are no longer deleted; changed rows keep their new content's hash, so that they are
+    counted once. Returns the partition's deleted rows."""
+    store, name = ctx.store, ctx.name
     assert store is not None
-    gone = [k for k, e in task.known.items() if k not in task.seen and not e.deleted]
+    missing = [k for k in task.known if k not in task.seen]
+    moved = {k: e for k, e in store.log.find(name, missing) if e.partition != task.key}
+    gone = [k for k in missing if k not in moved and not task.known[k].deleted]
     back = [k for k, e in task.known.items() if k in task.seen and e.deleted]
-    store.log.set_deleted(ctx.name, task.key, gone, back)
-    return sum(1 for k in task.known if k not in task.seen)
+    store.log.forget_moved(name, task.key, moved, doubled=not ctx.destination.deduplicates)
+    store.log.set_deleted(name, task.key, gone, back)
+    store.log.set_hashes(name, task.key, task.changed_rows)
+    return len(missing) - len(moved)
 
 
 def reconcile(ctx: DestinationContext, task: PartitionTask) -> str | None:
@@ -186,14 +179,9 @@ def reconcile(ctx: DestinationContext, task: PartitionTask) -> str | None:
     as many rows as were read (less those deleted since). Returns None, or what is wrong."""
     store = ctx.store
     assert store is not None
-    counters: dict[str, Any] = {}
     if task.mode == "recheck":
-        counters = {"deleted": close_recheck(ctx, task), "changed": task.changed}
-    elif task.changed:
-        previous = task.checkpoint.changed if task.checkpoint else 0
-        counters = {"changed": previous + task.changed}
-    if counters:
-        store.finish(ctx.name, task.key, "running", None, **counters)
+        deleted = close_recheck(ctx, task)
+        store.count_changes(ctx.name, task.key, deleted, len(task.changed_rows))
     cp = store.load(ctx.name, task.key)
     assert cp is not None
     task.report.deleted, task.report.changed = cp.deleted, cp.changed

@@ -175,16 +175,17 @@ def _read(
     mapper.filter.track_near_misses = True
     batcher = destination.batcher()
     sink = _PlanSink(plans)
-    log_filter = LogFilter(ctx, dry=True) if ctx.store is not None else None
+    log_filter = LogFilter(ctx)
     for task in tasks:
         if task.mode == "skip":
             continue
+        if ctx.store is not None and task.mode in ("resume", "recheck"):
+            task.known = ctx.store.log.known(ctx.name, task.key)
         batcher.start_partition(task.key, 1)
         for names, chunk in ctx.read_tuples(task.day, task.cursor):
             for start in range(0, len(chunk), MAP_SLICE):
                 outcomes = mapper.map_chunk(names, chunk[start : start + MAP_SLICE])
-                if log_filter is not None:
-                    outcomes = log_filter.new_rows(task, outcomes)
+                outcomes = log_filter.new_rows(task, outcomes)
                 for batch in batcher.add_chunk(outcomes):
                     sink.submit(batch)
     last = batcher.flush()

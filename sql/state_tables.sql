@@ -63,18 +63,15 @@ CREATE TABLE etl_dead_letters (
 
 CREATE TABLE etl_deliveries (
 	destination VARCHAR(100) NOT NULL,
-	source_key TEXT NOT NULL,
 	partition VARCHAR(10) NOT NULL,
-	event_id VARCHAR(32),
-	batch_id VARCHAR(40),
+	source_key TEXT NOT NULL,
+	seq INTEGER NOT NULL,
 	outcome VARCHAR(12) NOT NULL,
 	in_doubt INTEGER NOT NULL,
 	content_hash BIGINT,
-	recorded_at TIMESTAMP WITH TIME ZONE NOT NULL,
 	deleted_at TIMESTAMP WITH TIME ZONE,
-	PRIMARY KEY (destination, source_key)
+	PRIMARY KEY (destination, partition, source_key)
 );
-CREATE INDEX ix_etl_deliveries_partition ON etl_deliveries (destination, partition);
 
 CREATE TABLE etl_leases (
 	destination VARCHAR(100) NOT NULL,

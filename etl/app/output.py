@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from etl.config import PipelineConfig
+from etl.events import event_id_for
 from etl.plan import Plan, format_duration
 from etl.reports import RunReport
 from etl.state import Checkpoint
@@ -146,26 +147,28 @@ def print_status_table(cps: list[Checkpoint], show_skipped: bool) -> None:
 
 
 def print_row_history(
-    name: str, key: str, entry: dict[str, Any] | None, dead: list[dict[str, Any]]
+    name: str, key: str, entries: list[dict[str, Any]], dead: list[dict[str, Any]]
 ) -> None:
-    if entry is None:
-        click.echo(f"{name}: row {key} has not been read (or its log entry was purged)")
-        return
-    when = entry.get("acked_at") or entry.get("recorded_at")
-    click.echo(
-        f"{name}: row {key}: {entry['outcome']} in partition {entry['partition']} "
-        f"(event {entry['event_id'] or '-'}, batch {entry['batch_id'] or '-'}, "
-        f"recorded {entry['recorded_at']})"
-    )
-    if entry.get("sent_at"):
+    if not entries:
+        click.echo(f"{name}: row {key} has not been read (or its log was purged)")
+    for entry in entries:
         click.echo(
-            f"  sent {entry['sent_at']}, answered {when}, {entry.get('attempts') or 0} "
-            f"request(s), last HTTP status {entry.get('last_http_status')}"
+            f"{name}: row {key}: {entry['outcome']} in partition {entry['partition']} "
+            f"(event {event_id_for(name, key)}, slice {entry['seq']} of batch "
+            f"{entry['batch_id'] or '-'})"
         )
-    if entry["in_doubt"]:
-        click.echo(f"  {entry['in_doubt']} copy(ies) may have been stored more than once")
-    if entry.get("deleted_at"):
-        click.echo(f"  gone from the source since {entry['deleted_at']}")
+        if entry.get("sent_at"):
+            click.echo(
+                f"  sent {entry['sent_at']}, answered {entry['acked_at']}, "
+                f"{entry.get('attempts') or 0} request(s), last HTTP status "
+                f"{entry.get('last_http_status')}"
+            )
+        elif entry.get("acked_at"):
+            click.echo(f"  recorded {entry['acked_at']} (no request: {entry['outcome']})")
+        if entry["in_doubt"]:
+            click.echo(f"  {entry['in_doubt']} copy(ies) may have been stored more than once")
+        if entry.get("deleted_at"):
+            click.echo(f"  gone from the source since {entry['deleted_at']}")
     for letter in dead:
         replayed = f", replayed {letter['replayed_at']}" if letter["replayed_at"] else ""
         click.echo(f"  dead letter: {letter['reason']}{replayed}")

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from etl.events import Batch, DeadLetter, SendResult, Slice
 from etl.state.positions import encode_position
+from etl.state.prepared import Prepared
 from etl.state.tables import ADVANCED, StateTables
 
 
@@ -57,7 +58,12 @@ class Ledger:
         batches, checkpoints = tables.batches, tables.checkpoints
         self._insert_batch = sa.insert(batches)
         self._insert_dead = sa.insert(tables.dead_letters)
-        self._insert_log = sa.insert(tables.deliveries)
+        log = tables.deliveries
+        self._insert_log = Prepared(
+            lambda _: sa.insert(log).values(
+                {c.name: sa.bindparam(c.name) for c in log.columns if c.name != "deleted_at"}
+            )
+        )
         self._ack = (
             sa.update(batches)
             .where(key(batches), batches.c.seq == param("k_seq"))
@@ -177,13 +183,16 @@ class Ledger:
                 conn.execute(sa.update(t.dead_letters).where(*letter).values(replayed_at=at))
                 conn.execute(
                     sa.update(t.deliveries)
-                    .where(log.destination == destination, log.source_key == event.source_key)
+                    .where(
+                        log.destination == destination,
+                        log.partition == part.partition,
+                        log.source_key == event.source_key,
+                    )
                     .values(
                         outcome=_outcome(True, done.in_doubt[i]),
                         in_doubt=log.in_doubt + done.in_doubt[i],
-                        batch_id=batch.batch_id,
+                        seq=part.seq,
                         content_hash=zlib.crc32(batch.encoded[i]),
-                        recorded_at=at,
                     )
                 )
             conn.execute(
@@ -214,12 +223,14 @@ class Ledger:
                     "v_status": result.last_status,
                 }
                 conn.execute(self._ack, {**keys, **ack, "v_now": at})
+            else:  # rows without a request: a ledger row all the same, that the log points to
+                conn.execute(self._insert_batch, _quiet_slice(destination, batch, part, at))
             dead = _dead_letters(batch, part, vendor_dead)
             if dead:
                 rows = [dead_letter_row(destination, part.partition, d, at) for d in dead]
                 conn.execute(self._insert_dead, rows)
-            log = _log_rows(destination, batch, part, delivered, done.in_doubt, at)
-            conn.execute(self._insert_log, log)
+            log = _log_rows(destination, batch, part, delivered, done.in_doubt)
+            self._insert_log.execute_many(conn, LOG_COLUMNS, log)
             in_range = range(part.start, part.end)
             first = index == 0
             deltas = {
@@ -261,43 +272,63 @@ def _dead_letters(
     return dead
 
 
+LOG_COLUMNS = (
+    "destination",
+    "partition",
+    "source_key",
+    "seq",
+    "outcome",
+    "in_doubt",
+    "content_hash",
+)
+
+
 def _log_rows(
     destination: str,
     batch: Batch,
     part: Slice,
     delivered: set[int],
     in_doubt: Counter[int],
-    at: datetime,
-) -> list[dict[str, Any]]:
-    """One delivery-log row per source row of the slice."""
-
-    def row(
-        key: str, event_id: str | None, outcome: str, copies: int, digest: int | None
-    ) -> dict[str, Any]:
-        return {
-            "destination": destination,
-            "source_key": key,
-            "partition": part.partition,
-            "event_id": event_id,
-            "batch_id": batch.batch_id,
-            "outcome": outcome,
-            "in_doubt": copies,
-            "content_hash": digest,
-            "recorded_at": at,
-        }
-
-    rows = []
-    for index in range(part.start, part.end):
-        event, copies = batch.events[index], in_doubt[index]
-        outcome = _outcome(index in delivered, copies)
-        digest = zlib.crc32(batch.encoded[index])
-        rows.append(row(event.source_key, event.event_id, outcome, copies, digest))
-    for dead in part.rejected:
-        rows.append(
-            row(dead.source_key, dead.event_id, "dead_letter", 0, payload_hash(dead.payload))
+) -> list[tuple[Any, ...]]:
+    """One delivery-log row per source row of the slice (values in LOG_COLUMNS' order)."""
+    where, seq = part.partition, part.seq
+    encoded, events, crc = batch.encoded, batch.events, zlib.crc32
+    rows: list[tuple[Any, ...]] = [
+        (
+            destination,
+            where,
+            events[i].source_key,
+            seq,
+            _outcome(i in delivered, in_doubt[i]),
+            in_doubt[i],
+            crc(encoded[i]),
         )
-    rows.extend(row(key, None, "filtered", 0, None) for key in part.filtered)
+        for i in range(part.start, part.end)
+    ]
+    rows += [
+        (destination, where, d.source_key, seq, "dead_letter", 0, payload_hash(d.payload))
+        for d in part.rejected
+    ]
+    rows += [(destination, where, key, seq, "filtered", 0, None) for key in part.filtered]
     return rows
+
+
+def _quiet_slice(destination: str, batch: Batch, part: Slice, at: datetime) -> dict[str, Any]:
+    """The ledger row of a slice whose rows needed no request (filtered, rejected)."""
+    return {
+        "destination": destination,
+        "partition": part.partition,
+        "seq": part.seq,
+        "first_position": encode_position(part.first),
+        "last_position": encode_position(part.last),
+        "event_count": 0,
+        "bytes": 0,
+        "status": "acked",
+        "attempts": 0,
+        "acked_at": at,
+        "batch_id": batch.batch_id,
+        "kind": "run",
+    }
 
 
 def _outcome(delivered: bool, copies: int) -> str:

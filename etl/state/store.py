@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -79,6 +80,7 @@ class StateStore:
         self.dead = self.tables.dead_letters
         self.rate_budget = self.tables.rate_budget
         self.ledger = Ledger(self.tables)
+        self._write_lock = threading.Lock()
 
         self.log = DeliveryLog(engine, self.tables)
         self.leases = Leases(engine, self.tables.leases)
@@ -105,12 +107,15 @@ class StateStore:
 
     @contextmanager
     def _writing(self) -> Iterator[sa.Connection]:
-        """A transaction that records progress; a database that refuses it is named, with why."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except OperationalError as exc:
-            raise refused(exc, safe_url(self.engine)) from exc
+        """A transaction that records progress; a database that refuses it is named, with why.
+        One at a time in this process: the run's threads queue here rather than in SQLite's
+        busy handler, which sleeps milliseconds at a time."""
+        with self._write_lock:
+            try:
+                with self.engine.begin() as conn:
+                    yield conn
+            except OperationalError as exc:
+                raise refused(exc, safe_url(self.engine)) from exc
 
     def table_names(self) -> list[str]:
         return [t.fullname for t in self.tables.all()]
@@ -235,6 +240,16 @@ class StateStore:
                     completed_at=at if status == "complete" else None,
                     **counters,
                 )
+            )
+
+    def count_changes(self, destination: str, partition: str, deleted: int, changed: int) -> None:
+        """What a re-check found: the partition's deleted rows (all), and rows changed since."""
+        c = self.checkpoints.c
+        with self._writing() as conn:
+            conn.execute(
+                sa.update(self.checkpoints)
+                .where(self._key(self.checkpoints, destination, partition))
+                .values(deleted=deleted, changed=c.changed + changed, updated_at=now())
             )
 
     # -- batches ------------------------------------------------------------------------------

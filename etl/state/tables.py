@@ -111,18 +111,16 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         f"{prefix}deliveries",
         metadata,
         sa.Column("destination", sa.String(100), primary_key=True),
+        sa.Column("partition", sa.String(10), primary_key=True),
         sa.Column("source_key", sa.Text, primary_key=True),
-        sa.Column("partition", sa.String(10), nullable=False),
-        sa.Column("event_id", sa.String(32)),
-        sa.Column("batch_id", sa.String(40)),
+        sa.Column("seq", sa.Integer, nullable=False, comment="its slice in the ledger (batches)"),
         sa.Column("outcome", sa.String(12), nullable=False, comment=", ".join(OUTCOMES)),
-        sa.Column("in_doubt", sa.Integer, nullable=False, default=0, comment="copies maybe extra"),
+        sa.Column("in_doubt", sa.Integer, nullable=False, comment="copies maybe extra"),
         sa.Column("content_hash", sa.BigInteger, comment="CRC-32 of the payload as sent"),
-        sa.Column("recorded_at", ts, nullable=False),
         sa.Column("deleted_at", ts, comment="the source row was gone at a later re-check"),
-        sa.Index(f"ix_{prefix}deliveries_partition", "destination", "partition"),
         schema=schema,
-        comment="the per-row delivery log: which source row went where, and when",
+        comment="the per-row delivery log: which source row went where (its batch says when)",
+        sqlite_with_rowid=False,  # the key is the table: one B-tree to write a row
     )
     leases = sa.Table(
         f"{prefix}leases",
