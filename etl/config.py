@@ -214,7 +214,8 @@ class StateConfig(_Model):
     delivery_log_retention_days: int | None = Field(
         default=None,
         gt=0,
-        description="forget the per-row delivery log of days older than this (default: keep it)",
+        description="forget the per-row delivery log recorded more than this many days ago "
+        "(default: keep it); late rows of the days it covered are then no longer sent",
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -27,7 +27,9 @@ _PRAGMAS = (
 def make_engine(url: str) -> Engine:
     """An engine for a warehouse URL (SQLite, PostgreSQL, DuckDB, or any SQLAlchemy dialect)."""
     try:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        # a file database has no connection to lose: no ping before each use
+        ping = make_url(url).get_backend_name() not in ("sqlite", "duckdb")
+        engine = sa.create_engine(url, pool_pre_ping=ping)
     except (SQLAlchemyError, ValueError, ImportError) as exc:
         shown = url.split("@")[-1] if "@" in url else url
         raise SourceError(f"cannot use warehouse URL ...{shown}: {exc}") from None

@@ -13,7 +13,7 @@ import sys
 import time
 from collections import Counter, deque
 from contextlib import closing, suppress
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from tqdm import tqdm
@@ -210,7 +210,8 @@ class DestinationRun:
         without dedup: the requests of earlier runs or retries whose fate is unknown), and the
         partitions whose cursor stays (re-checked ones; all, out of order)."""
         in_doubt: Counter[int] = Counter()
-        if not self.destination.deduplicates:
+        earlier = any(self.tasks[p.partition].prior_unknown for p in batch.slices)
+        if not self.destination.deduplicates and (earlier or result.unknown):
             answered = set(result.delivered) | {i for i, _, _ in result.dead}
             for part in batch.slices:
                 prior = self.tasks[part.partition].prior_unknown
@@ -229,7 +230,7 @@ class DestinationRun:
     def _committed(self, done: Acknowledged) -> None:
         for index, part in enumerate(done.batch.slices):
             task = self.tasks[part.partition]
-            task.report.add(done.batch, part, done.result, done.in_doubt, index == 0)
+            task.report.add(done.batch, part, done.result, done.counts[index], index == 0)
             task.pending -= 1
             self.maybe_finish(task)
 
@@ -306,7 +307,5 @@ class DestinationRun:
         days = self.run.config.state.delivery_log_retention_days
         if days is None or self.run.store is None:
             return
-        from datetime import UTC, datetime, timedelta
-
-        before = datetime.now(UTC).date() - timedelta(days=days)
-        self.run.store.log.purge(self.ctx.name, before)
+        older_than = datetime.now(UTC) - timedelta(days=days)
+        self.run.store.log.purge(self.ctx.name, older_than)

@@ -149,6 +149,15 @@ class Batch:
         return [d for s in self.slices for d in s.rejected]
 
 
+@dataclass(frozen=True, slots=True)
+class SliceCounts:
+    """What a slice's answers add to its partition's counters."""
+
+    delivered: int
+    vendor_dead: int
+    in_doubt: int
+
+
 @dataclass(slots=True)
 class SendResult:
     """What the vendor did with a batch's events."""

@@ -6,8 +6,9 @@ A partition (a UTC day, or ``undated``) is read in one of three ways:
 - **resume**: started before; the rows after its cursor;
 - **recheck**: complete, but the source now holds another number of rows than it read (rows
   added late, or deleted): every row again, of which only those the delivery log does not hold
-  are sent. Rows gone from the source are counted as deleted, rows whose content changed (or
-  that moved here from another day) as changed; neither is sent again.
+  are sent. Rows gone from the partition are counted as deleted, or as moved when a new
+  timestamp put them in another day (which sends them: the vendor may then hold the old copy
+  too, counted in doubt here); rows whose content changed are counted as changed, not sent.
 
 Whatever the way, a row the delivery log holds is never sent twice. A complete partition whose
 count still matches costs one COUNT and is not read at all.
@@ -157,21 +158,28 @@ def _differs(digest: int | None, outcome: RowOutcome, entry: Entry) -> bool:
     return entry.content_hash is not None and digest != entry.content_hash
 
 
-def close_recheck(ctx: DestinationContext, task: PartitionTask) -> int:
-    """After a re-check read the whole partition: the log's rows it did not find either moved
-    to another day (their timestamp changed; sent there again) or were deleted; rows found
-    again are no longer deleted; changed rows keep their new content's hash, so that they are
-    counted once. Returns the partition's deleted rows."""
+def close_recheck(ctx: DestinationContext, task: PartitionTask) -> tuple[dict[str, int], int]:
+    """After a re-check read the whole partition: the log's rows it did not find were deleted,
+    or moved to another day (the source still holds them: their timestamp changed; that day
+    sends them as rows it did not have); rows found again are back; changed rows keep their
+    new content's hash, so that they are counted once. Returns the partition's rows deleted and
+    moved, and the copies newly in doubt: a moved row sent again where the vendor keeps both."""
     store, name = ctx.store, ctx.name
     assert store is not None
-    missing = [k for k in task.known if k not in task.seen]
-    moved = {k: e for k, e in store.log.find(name, missing) if e.partition != task.key}
-    gone = [k for k in missing if k not in moved and not task.known[k].deleted]
-    back = [k for k, e in task.known.items() if k in task.seen and e.deleted]
-    store.log.forget_moved(name, task.key, moved, doubled=not ctx.destination.deduplicates)
-    store.log.set_deleted(name, task.key, gone, back)
-    store.log.set_hashes(name, task.key, task.changed_rows)
-    return len(missing) - len(moved)
+    known = task.known
+    missing = [k for k, e in known.items() if k not in task.seen and e.gone is None]
+    still = ctx.source.keys_present(missing) if missing else set()
+    leaving = [(known[k], "moved" if k in still else "deleted") for k in missing]
+    store.log.update_rows(
+        name,
+        gone=leaving,
+        back=[e for k, e in known.items() if k in task.seen and e.gone is not None],
+        hashes=[(known[k], digest) for k, digest in task.changed_rows.items()],
+    )
+    gone = Counter(e.gone for k, e in known.items() if e.gone and k not in task.seen)
+    gone.update(how for _, how in leaving)
+    doubled = 0 if ctx.destination.deduplicates else sum(1 for k in missing if k in still)
+    return {"deleted": gone["deleted"], "moved": gone["moved"]}, doubled
 
 
 def reconcile(ctx: DestinationContext, task: PartitionTask) -> str | None:
@@ -180,11 +188,12 @@ def reconcile(ctx: DestinationContext, task: PartitionTask) -> str | None:
     store = ctx.store
     assert store is not None
     if task.mode == "recheck":
-        deleted = close_recheck(ctx, task)
-        store.count_changes(ctx.name, task.key, deleted, len(task.changed_rows))
+        gone, doubled = close_recheck(ctx, task)
+        store.count_changes(ctx.name, task.key, gone, len(task.changed_rows), doubled)
     cp = store.load(ctx.name, task.key)
     assert cp is not None
-    task.report.deleted, task.report.changed = cp.deleted, cp.changed
+    task.report.deleted, task.report.moved = cp.deleted, cp.moved
+    task.report.changed = cp.changed
     task.report.cursor = _cursor_text(cp.cursor)
     in_window = ctx.source.count_partition(task.day)
     problems = []

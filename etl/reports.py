@@ -5,12 +5,11 @@ The command line prints them, Dagster turns them into metadata, the bench reads 
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from etl.events import Batch, SendResult, Slice
+from etl.events import Batch, SendResult, Slice, SliceCounts
 from etl.windows import Outside
 
 # Statuses of a partition after a run; all but these two mean it failed.
@@ -34,7 +33,8 @@ class PartitionReport:
     retries: int = 0
     throttled: int = 0
     deleted: int = 0  # rows read once, gone from the source (found by a re-check)
-    changed: int = 0  # rows changed or moved after they were read (not sent again)
+    moved: int = 0  # rows read once, moved to another day by a new timestamp (sent there)
+    changed: int = 0  # rows changed after they were read (not sent again)
     seconds: float = 0.0
     cursor: str | None = None
     error: str | None = None
@@ -45,18 +45,15 @@ class PartitionReport:
         batch: Batch,
         part: Slice,
         result: SendResult,
-        in_doubt: Counter[int],
+        counts: SliceCounts,
         first: bool,
     ) -> None:
         """A committed slice; the batch's requests count in its first slice."""
-        in_range = range(part.start, part.end)
-        delivered = sum(1 for i in result.delivered if part.start <= i < part.end)
-        vendor_dead = sum(1 for i, _, _ in result.dead if part.start <= i < part.end)
         self.rows_read += part.rows_read
-        self.delivered += delivered
-        self.dead_letters += len(part.rejected) + vendor_dead
+        self.delivered += counts.delivered
+        self.dead_letters += len(part.rejected) + counts.vendor_dead
         self.filtered += len(part.filtered)
-        self.in_doubt += sum(in_doubt[i] for i in in_range)
+        self.in_doubt += counts.in_doubt
         if first:
             self.requests += result.requests
             self.retries += result.retries

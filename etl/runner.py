@@ -10,8 +10,11 @@ without a readable timestamp are the ``undated`` partition's, dead letters.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import date
 from pathlib import Path
+from typing import Any, TypeVar
 
 from etl.config import PipelineConfig
 from etl.database import safe_url
@@ -23,6 +26,8 @@ from etl.ranges import lookback_days, partition_days
 from etl.reports import RunReport
 from etl.run_context import Log, RunContext, RunOptions
 from etl.timing import REAL_TIME, Timing
+
+T = TypeVar("T")
 
 
 def run_backfill(
@@ -64,7 +69,8 @@ def run_backfill(
     paced = any(d.rate.per_second < 1000 for d in resolved)
     opened = RunContext.open(config, options, timing, log, warn or log, stop)
     with opened as run, tuned_interpreter(paced):
-        outside = run.source.outside(days[-1])
+        # counted while the run sends: one pass over the table, mostly in the database
+        outside = in_background(run.source.outside, days[-1])
         earlier = lookback_days(config, days[0]) if options.lookback else []
         reports = [
             DestinationRun(run, d, credentials.get(d.name, {})).send(days, earlier)
@@ -77,7 +83,21 @@ def run_backfill(
         safe_url(store.engine) if store else "",
         days[0],
         days[-1],
-        outside,
+        outside.result(),
         config.start_date,
         stopped=run.stop.is_set(),
     )
+
+
+def in_background(work: Callable[..., T], *args: Any) -> Future[T]:
+    """``work(*args)`` on a daemon thread: a run that stops does not wait for it."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=getattr(work, "__name__", "work"), daemon=True).start()
+    return future

@@ -38,18 +38,16 @@ class BatchSink(Protocol):
 
 
 class BatchDepartures:
-    """Keeps the ledger told, for one batch, of the requests that may have landed: written as
-    the first request leaves, updated on each retry and on each answer that shows a request
-    stored nothing."""
+    """Keeps the ledger row of one batch told of the requests that may have landed. The row
+    says one a event, written before the batch is handed to be sent; it is updated on each
+    retry and on each answer that shows a request stored nothing."""
 
-    def __init__(self, store: StateStore, destination: str, batch: Batch, kind: str) -> None:
+    def __init__(self, store: StateStore, destination: str, batch: Batch) -> None:
         self.store = store
         self.destination = destination
         self.batch = batch
-        self.kind = kind
         self.unknown = [0] * len(batch.events)
         self.attempts = 0
-        self.marked = False
         self._lock = threading.Lock()
 
     def leaving(self, indexes: list[int]) -> None:
@@ -57,10 +55,7 @@ class BatchDepartures:
             for i in indexes:
                 self.unknown[i] += 1
             self.attempts += 1
-            if not self.marked:
-                self.store.mark_sent(self.destination, self.batch, self.unknown, self.kind)
-                self.marked = True
-            else:
+            if self.attempts > 1:  # the first request is the one the row counts already
                 self._note()
 
     def not_landed(self, indexes: list[int]) -> None:
@@ -98,9 +93,16 @@ class DeliverySink:
         self.pending: deque[tuple[Batch, Future[SendResult]]] = deque()
 
     def submit(self, batch: Batch) -> None:
-        self._commit_finished(until=self.limit - 1)
+        """Commit the batches answered (waiting for the oldest while ``in_flight`` are out),
+        mark this one as sent in the same transaction, and send it."""
+        acknowledged, failure = self._finished(until=self.limit - 1)
+        sending = batch if batch.events and failure is None else None
+        self.store.commit(self.name, acknowledged, sending, self.kind)
+        self._committed(acknowledged)
+        if failure is not None:
+            raise failure
         future: Future[SendResult]
-        if batch.events:
+        if sending is not None:
             future = self.pool.submit(self._send, batch)
         else:  # only filtered or rejected rows: nothing to send, committed in its turn
             future = Future()
@@ -108,14 +110,13 @@ class DeliverySink:
         self.pending.append((batch, future))
 
     def _send(self, batch: Batch) -> SendResult:
-        departures = BatchDepartures(self.store, self.name, batch, self.kind)
+        departures = BatchDepartures(self.store, self.name, batch)
         return self.sender.send(batch.encoded, departures, batch.batch_id)
 
-    def _commit_finished(self, until: int) -> None:
-        """Commit finished batches in order, waiting for the oldest while more than ``until``
-        are pending. A DeliveryError is raised after the batches before it are committed."""
+    def _finished(self, until: int) -> tuple[list[Acknowledged], BaseException | None]:
+        """The finished batches, in order, waiting for the oldest while more than ``until`` are
+        pending; and the DeliveryError of the one after them, if it failed."""
         acknowledged: list[Acknowledged] = []
-        failure: BaseException | None = None
         try:
             while self.pending and (len(self.pending) > until or self.pending[0][1].done()):
                 batch, finished = self.pending[0]
@@ -124,37 +125,46 @@ class DeliverySink:
                 acknowledged.append(self.account(batch, result, True))
                 self.limit = self.in_flight
         except BaseException as exc:
-            failure = exc
-        self._commit(acknowledged)
-        if failure is not None:
-            raise failure
+            return acknowledged, exc
+        return acknowledged, None
 
-    def _commit(self, acknowledged: list[Acknowledged]) -> None:
-        if acknowledged:
-            self.store.commit(self.name, acknowledged)
-            for done in acknowledged:
-                self.committed(done)
+    def _committed(self, acknowledged: list[Acknowledged]) -> None:
+        for done in acknowledged:
+            self.committed(done)
 
     def drain(self) -> None:
         """Wait for every answer and commit them all."""
-        self._commit_finished(until=0)
+        acknowledged, failure = self._finished(until=0)
+        if acknowledged:
+            self.store.commit(self.name, acknowledged)
+            self._committed(acknowledged)
+        if failure is not None:
+            raise failure
 
     def stop(self, grace: float) -> int:
         """Send nothing more; wait up to ``grace`` seconds for the answers still out; commit
-        every answer that came back. Returns the events of requests left unanswered (in doubt:
-        their ledger rows say which)."""
+        every answer that came back, and forget the batches none of whose requests left.
+        Returns the events of requests left unanswered (in doubt: their ledger rows say
+        which)."""
         self.sender.stopping.set()
+        for batch, future in self.pending:
+            if future.cancel():  # never started
+                self.store.forget(self.name, batch)
         wait_for([f for _, f in self.pending], timeout=grace)
         in_order, acknowledged, unanswered = True, [], 0
         for batch, future in self.pending:
+            if future.cancelled():
+                in_order = False
+                continue
             if not future.done():
                 in_order = False
                 unanswered += len(batch.events)
                 continue
             try:
                 result = future.result()
-            except NotSent:
-                in_order = False  # nothing of it left: its rows are read again next time
+            except NotSent:  # stopped before its first request: its rows are read again
+                in_order = False
+                self.store.forget(self.name, batch)
                 continue
             except (Stopped, DeliveryError):
                 in_order = False
@@ -162,7 +172,9 @@ class DeliverySink:
                 continue
             acknowledged.append(self.account(batch, result, in_order))
         self.pending.clear()
-        self._commit(acknowledged)
+        if acknowledged:
+            self.store.commit(self.name, acknowledged)
+            self._committed(acknowledged)
         self.pool.shutdown(wait=False, cancel_futures=True)
         return unanswered
 

@@ -198,6 +198,18 @@ class Source:
             self.ts_col > ts_value, sa.and_(self.ts_col == ts_value, self.key_col > key_value)
         )
 
+    def keys_present(self, keys: list[str]) -> set[str]:
+        """Which of these keys the table still holds, with whatever timestamp."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(keys), 1000):
+                typed = [_like(self.key_col, k) for k in keys[start : start + 1000]]
+                stmt = (
+                    sa.select(self.key_col).select_from(self.from_).where(self.key_col.in_(typed))
+                )
+                found.update(str(k) for (k,) in conn.execute(stmt))
+        return found
+
     def rows_by_key(self, keys: list[str], columns: Iterable[str]) -> list[dict[str, Any]]:
         """The rows with these keys (for replaying dead letters)."""
         typed_keys = [_like(self.key_col, k) for k in keys]

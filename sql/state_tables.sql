@@ -16,6 +16,7 @@ CREATE TABLE etl_checkpoints (
 	retries BIGINT NOT NULL,
 	throttled BIGINT NOT NULL,
 	deleted BIGINT DEFAULT '0' NOT NULL,
+	moved BIGINT DEFAULT '0' NOT NULL,
 	changed BIGINT DEFAULT '0' NOT NULL,
 	fingerprint VARCHAR(32) NOT NULL,
 	error TEXT,
@@ -64,13 +65,14 @@ CREATE TABLE etl_dead_letters (
 CREATE TABLE etl_deliveries (
 	destination VARCHAR(100) NOT NULL,
 	partition VARCHAR(10) NOT NULL,
-	source_key TEXT NOT NULL,
 	seq INTEGER NOT NULL,
-	outcome VARCHAR(12) NOT NULL,
-	in_doubt INTEGER NOT NULL,
-	content_hash BIGINT,
-	deleted_at TIMESTAMP WITH TIME ZONE,
-	PRIMARY KEY (destination, partition, source_key)
+	source_keys TEXT NOT NULL,
+	outcomes TEXT NOT NULL,
+	content_hashes TEXT NOT NULL,
+	in_doubt TEXT,
+	gone TEXT,
+	recorded_at TIMESTAMP WITH TIME ZONE NOT NULL,
+	PRIMARY KEY (destination, partition, seq)
 );
 
 CREATE TABLE etl_leases (

@@ -39,6 +39,7 @@ def print_summary(report: RunReport, dry_run: Path | None = None) -> None:
                 f"  RE-CHECKED {len(rechecked)} day(s) for late rows: "
                 f"{sum(p.rows_read for p in rechecked):,} new rows read, "
                 f"{sum(p.deleted for p in rechecked):,} deleted, "
+                f"{sum(p.moved for p in rechecked):,} moved to another day, "
                 f"{sum(p.changed for p in rechecked):,} changed (not sent again)"
             )
         for line in (d.skipped, d.stopped):
@@ -106,7 +107,8 @@ def print_status_summary(
     undated = [cp for cp in cps if cp.partition == UNDATED]
     by_status: Counter[str] = Counter(cp.status for cp in dated)
     totals = {
-        c: sum(getattr(cp, c) for cp in cps) for c in (*_STATUS_COLUMNS, "deleted", "changed")
+        c: sum(getattr(cp, c) for cp in cps)
+        for c in (*_STATUS_COLUMNS, "deleted", "moved", "changed")
     }
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
     undated_rows = sum(cp.rows_read for cp in undated)
@@ -115,7 +117,8 @@ def print_status_summary(
         f"read {totals['rows_read']:,} = delivered {totals['delivered']:,} + dead "
         f"{totals['dead_letters']:,} + filtered {totals['filtered']:,}; in doubt "
         f"{totals['in_doubt']:,}; dead letters to replay {dead_letters:,}; deleted "
-        f"{totals['deleted']:,}, changed {totals['changed']:,} after sending; "
+        f"{totals['deleted']:,}, moved {totals['moved']:,}, changed {totals['changed']:,} after "
+        "sending; "
         f"{undated_rows:,} rows without a readable timestamp"
     )
     for cp in cps:
@@ -126,7 +129,7 @@ def print_status_summary(
 def print_status_table(cps: list[Checkpoint], show_skipped: bool) -> None:
     click.echo(
         f"  {'partition':<10} {'status':<11} {'read':>8} {'delivered':>9} {'dead':>6} "
-        f"{'filtered':>8} {'in doubt':>8} {'deleted':>7} {'changed':>7}  updated"
+        f"{'filtered':>8} {'in doubt':>8} {'deleted':>7} {'moved':>6} {'changed':>7}  updated"
     )
     for cp in cps:
         if cp.status == "skipped" and not show_skipped:
@@ -135,7 +138,7 @@ def print_status_table(cps: list[Checkpoint], show_skipped: bool) -> None:
         click.echo(
             f"  {cp.partition:<10} {cp.status:<11} {cp.rows_read:>8,} {cp.delivered:>9,} "
             f"{cp.dead_letters:>6,} {cp.filtered:>8,} {cp.in_doubt:>8,} {cp.deleted:>7,} "
-            f"{cp.changed:>7,}  {updated}"
+            f"{cp.moved:>6,} {cp.changed:>7,}  {updated}"
         )
         if cp.error:
             click.echo(f"    {cp.error}")
@@ -157,18 +160,20 @@ def print_row_history(
             f"(event {event_id_for(name, key)}, slice {entry['seq']} of batch "
             f"{entry['batch_id'] or '-'})"
         )
-        if entry.get("sent_at"):
+        if entry["in_request"]:
             click.echo(
                 f"  sent {entry['sent_at']}, answered {entry['acked_at']}, "
                 f"{entry.get('attempts') or 0} request(s), last HTTP status "
                 f"{entry.get('last_http_status')}"
             )
-        elif entry.get("acked_at"):
-            click.echo(f"  recorded {entry['acked_at']} (no request: {entry['outcome']})")
+        else:
+            click.echo(f"  recorded {entry['recorded_at']} (not sent: {entry['outcome']})")
         if entry["in_doubt"]:
             click.echo(f"  {entry['in_doubt']} copy(ies) may have been stored more than once")
-        if entry.get("deleted_at"):
-            click.echo(f"  gone from the source since {entry['deleted_at']}")
+        if entry["gone"]:
+            at, how = entry["gone"]
+            where = "moved to another day" if how == "moved" else "deleted from the source"
+            click.echo(f"  {where} (noticed {at})")
     for letter in dead:
         replayed = f", replayed {letter['replayed_at']}" if letter["replayed_at"] else ""
         click.echo(f"  dead letter: {letter['reason']}{replayed}")

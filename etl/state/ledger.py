@@ -1,12 +1,15 @@
 """The batch ledger and the per-row delivery log: what a batch writes, and when.
 
-- When a batch's first request leaves, each of its slices gets a ledger row, ``sent``, with the
-  source keys of its events and, per event, the requests that may have landed (``unknown``);
-  a retry or a request that surely did not land updates that count.
+- Before a batch is sent, each of its slices gets a ledger row, ``sent``, with the source keys
+  of its events and, per event, the requests that may have landed (``unknown``: one, its first
+  request), in the transaction that commits the batches answered before it; a retry or a
+  request that surely did not land updates that count; a batch none of whose requests left
+  (the run stopped first) is forgotten.
 - When the vendor's answers are in, one transaction commits the batch: its ledger rows
-  acknowledged, its dead letters stored, one delivery-log row per source row (delivered, in
-  doubt, dead letter or filtered), and each partition's counters and cursor moved. What the
-  tables say is therefore always what the vendor has, and a crash leaves exact in-doubt counts.
+  acknowledged, its dead letters stored, its delivery-log rows written (each source row
+  delivered, in doubt, dead letter or filtered), and each partition's counters and cursor
+  moved. What the tables say is therefore always what the vendor has, and a crash leaves
+  exact in-doubt counts.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from etl.events import Batch, DeadLetter, SendResult, Slice
+from etl.events import Batch, DeadLetter, SendResult, Slice, SliceCounts
+from etl.state.deliveries import DeliveryLog, log_row
 from etl.state.positions import encode_position
-from etl.state.prepared import Prepared
 from etl.state.tables import ADVANCED, StateTables
 
 
@@ -41,15 +44,33 @@ class Acknowledged:
     # or all of the batch's when it is committed out of order
     hold_cursor: frozenset[str] = frozenset()
     kind: str = "run"  # or "replay": dead letters sent again
+    counts: list[SliceCounts] = field(init=False)  # per slice
+
+    def __post_init__(self) -> None:
+        batch, result = self.batch, self.result
+        everything = len(result.delivered) == len(batch.events)
+        delivered = set() if everything else set(result.delivered)
+        dead = {i for i, _, _ in result.dead}
+        self.counts = []
+        for part in batch.slices:
+            span = range(part.start, part.end)
+            self.counts.append(
+                SliceCounts(
+                    len(span) if everything else sum(1 for i in span if i in delivered),
+                    sum(1 for i in dead if i in span),
+                    sum(n for i, n in self.in_doubt.items() if i in span),
+                )
+            )
 
 
 class Ledger:
     """The statements of every batch, built once with bound parameters (building them per batch
     costs more than running them)."""
 
-    def __init__(self, tables: StateTables) -> None:
+    def __init__(self, tables: StateTables, log: DeliveryLog) -> None:
         param = sa.bindparam
         self.tables = tables
+        self.log = log
 
         def key(table: sa.Table) -> sa.ColumnElement[bool]:
             c = table.c
@@ -58,12 +79,7 @@ class Ledger:
         batches, checkpoints = tables.batches, tables.checkpoints
         self._insert_batch = sa.insert(batches)
         self._insert_dead = sa.insert(tables.dead_letters)
-        log = tables.deliveries
-        self._insert_log = Prepared(
-            lambda _: sa.insert(log).values(
-                {c.name: sa.bindparam(c.name) for c in log.columns if c.name != "deleted_at"}
-            )
-        )
+        self._insert_log = sa.insert(tables.deliveries)
         self._ack = (
             sa.update(batches)
             .where(key(batches), batches.c.seq == param("k_seq"))
@@ -97,7 +113,7 @@ class Ledger:
     def mark_sent(
         self, conn: sa.Connection, destination: str, batch: Batch, unknown: list[int], kind: str
     ) -> None:
-        """A ledger row per slice with events, ``sent``: written as the first request leaves."""
+        """A ledger row per slice with events, ``sent``: written before the first request."""
         at = now()
         rows = [
             {
@@ -160,7 +176,7 @@ class Ledger:
         at = now()
         t = self.tables
         batch, result = done.batch, done.result
-        dead, log, cp = t.dead_letters.c, t.deliveries.c, t.checkpoints.c
+        dead, cp = t.dead_letters.c, t.checkpoints.c
         vendor_dead = {i: (status, message) for i, status, message in result.dead}
         for part in batch.slices:
             keys = {"k_dest": destination, "k_part": part.partition}
@@ -168,6 +184,7 @@ class Ledger:
             conn.execute(self._ack, {**keys, **ack, "v_now": at})
             delivered = [i for i in range(part.start, part.end) if i in set(result.delivered)]
             copies = sum(done.in_doubt[i] for i in delivered)
+            replayed: dict[str, tuple[int, int]] = {}
             for i in range(part.start, part.end):
                 event = batch.events[i]
                 letter = (dead.destination == destination, dead.event_id == event.event_id)
@@ -181,20 +198,8 @@ class Ledger:
                     )
                     continue
                 conn.execute(sa.update(t.dead_letters).where(*letter).values(replayed_at=at))
-                conn.execute(
-                    sa.update(t.deliveries)
-                    .where(
-                        log.destination == destination,
-                        log.partition == part.partition,
-                        log.source_key == event.source_key,
-                    )
-                    .values(
-                        outcome=_outcome(True, done.in_doubt[i]),
-                        in_doubt=log.in_doubt + done.in_doubt[i],
-                        seq=part.seq,
-                        content_hash=zlib.crc32(batch.encoded[i]),
-                    )
-                )
+                replayed[event.source_key] = (done.in_doubt[i], zlib.crc32(batch.encoded[i]))
+            self.log.mark_replayed(conn, destination, part.partition, replayed)
             conn.execute(
                 sa.update(t.checkpoints)
                 .where(cp.destination == destination, cp.partition == part.partition)
@@ -214,7 +219,8 @@ class Ledger:
         batch, result = done.batch, done.result
         delivered = set(result.delivered)
         vendor_dead = {i: (status, message) for i, status, message in result.dead}
-        for index, part in enumerate(batch.slices):
+        log = []
+        for index, (part, counts) in enumerate(zip(batch.slices, done.counts, strict=True)):
             keys = {"k_dest": destination, "k_part": part.partition}
             if part.end > part.start:
                 ack = {
@@ -229,16 +235,14 @@ class Ledger:
             if dead:
                 rows = [dead_letter_row(destination, part.partition, d, at) for d in dead]
                 conn.execute(self._insert_dead, rows)
-            log = _log_rows(destination, batch, part, delivered, done.in_doubt)
-            self._insert_log.execute_many(conn, LOG_COLUMNS, log)
-            in_range = range(part.start, part.end)
+            log.append(_log_row(destination, batch, part, delivered, dead, done.in_doubt, at))
             first = index == 0
             deltas = {
                 "rows_read": part.rows_read,
-                "delivered": sum(1 for i in in_range if i in delivered),
+                "delivered": counts.delivered,
                 "dead_letters": len(dead),
                 "filtered": len(part.filtered),
-                "in_doubt": sum(done.in_doubt[i] for i in in_range),
+                "in_doubt": counts.in_doubt,
                 "requests": result.requests if first else 0,
                 "retries": result.retries if first else 0,
                 "throttled": result.throttled if first else 0,
@@ -249,6 +253,7 @@ class Ledger:
                 conn.execute(self._advance, {**keys, **cursor, "v_now": at, **advance})
             else:
                 conn.execute(self._count, {**keys, "v_now": at, **advance})
+        conn.execute(self._insert_log, log)
 
 
 def _with_events(batch: Batch) -> list[Slice]:
@@ -272,45 +277,33 @@ def _dead_letters(
     return dead
 
 
-LOG_COLUMNS = (
-    "destination",
-    "partition",
-    "source_key",
-    "seq",
-    "outcome",
-    "in_doubt",
-    "content_hash",
-)
-
-
-def _log_rows(
+def _log_row(
     destination: str,
     batch: Batch,
     part: Slice,
     delivered: set[int],
+    dead: list[DeadLetter],
     in_doubt: Counter[int],
-) -> list[tuple[Any, ...]]:
-    """One delivery-log row per source row of the slice (values in LOG_COLUMNS' order)."""
-    where, seq = part.partition, part.seq
-    encoded, events, crc = batch.encoded, batch.events, zlib.crc32
-    rows: list[tuple[Any, ...]] = [
-        (
-            destination,
-            where,
-            events[i].source_key,
-            seq,
-            _outcome(i in delivered, in_doubt[i]),
-            in_doubt[i],
-            crc(encoded[i]),
-        )
-        for i in range(part.start, part.end)
-    ]
-    rows += [
-        (destination, where, d.source_key, seq, "dead_letter", 0, payload_hash(d.payload))
-        for d in part.rejected
-    ]
-    rows += [(destination, where, key, seq, "filtered", 0, None) for key in part.filtered]
-    return rows
+    at: datetime,
+) -> dict[str, Any]:
+    """The slice's delivery-log row: its events, then the rows rejected before sending, then
+    the filtered ones."""
+    start, end = part.start, part.end
+    events = batch.events[start:end]
+    keys = [e.source_key for e in events]
+    if len(delivered) == len(batch.events):
+        codes = "d" * len(keys)
+    else:
+        codes = "".join("d" if i in delivered else "x" for i in range(start, end))
+    crc = zlib.crc32
+    hashes = [crc(encoded) for encoded in batch.encoded[start:end]]
+    keys += [d.source_key for d in part.rejected]
+    hashes += [payload_hash(d.payload) for d in part.rejected]
+    keys += part.filtered
+    hashes += [0] * len(part.filtered)
+    codes += "x" * len(part.rejected) + "f" * len(part.filtered)
+    copies = {i - start: n for i, n in in_doubt.items() if start <= i < end and n}
+    return log_row(destination, part.partition, part.seq, keys, codes, hashes, copies, at)
 
 
 def _quiet_slice(destination: str, batch: Batch, part: Slice, at: datetime) -> dict[str, Any]:
@@ -329,12 +322,6 @@ def _quiet_slice(destination: str, batch: Batch, part: Slice, at: datetime) -> d
         "batch_id": batch.batch_id,
         "kind": "run",
     }
-
-
-def _outcome(delivered: bool, copies: int) -> str:
-    if not delivered:
-        return "dead_letter"
-    return "in_doubt" if copies else "delivered"
 
 
 def payload_hash(payload: dict[str, Any]) -> int:

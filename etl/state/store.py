@@ -43,6 +43,7 @@ class Checkpoint:
     retries: int
     throttled: int
     deleted: int
+    moved: int
     changed: int
     fingerprint: str
     error: str | None
@@ -57,7 +58,7 @@ class Checkpoint:
     @property
     def present(self) -> int:
         """Rows read that the source still holds: what a count of the partition should give."""
-        return self.rows_read - self.deleted
+        return self.rows_read - self.deleted - self.moved
 
     @classmethod
     def from_row(cls, row: Any) -> Checkpoint:
@@ -79,10 +80,10 @@ class StateStore:
         self.batches = self.tables.batches
         self.dead = self.tables.dead_letters
         self.rate_budget = self.tables.rate_budget
-        self.ledger = Ledger(self.tables)
         self._write_lock = threading.Lock()
 
         self.log = DeliveryLog(engine, self.tables)
+        self.ledger = Ledger(self.tables, self.log)
         self.leases = Leases(engine, self.tables.leases)
 
     def ensure(self) -> None:
@@ -224,10 +225,8 @@ class StateStore:
         partition: str,
         status: str,
         error: str | None,
-        **counters: int,
     ) -> None:
-        """The partition's status after a run; ``counters``: deleted and changed, as a re-check
-        found them."""
+        """The partition's status after a run."""
         at = now()
         with self._writing() as conn:
             conn.execute(
@@ -238,26 +237,34 @@ class StateStore:
                     error=error,
                     updated_at=at,
                     completed_at=at if status == "complete" else None,
-                    **counters,
                 )
             )
 
-    def count_changes(self, destination: str, partition: str, deleted: int, changed: int) -> None:
-        """What a re-check found: the partition's deleted rows (all), and rows changed since."""
+    def count_changes(
+        self,
+        destination: str,
+        partition: str,
+        gone: dict[str, int],
+        changed: int,
+        in_doubt: int,
+    ) -> None:
+        """What a re-check found: the partition's rows deleted and moved (all of them), the rows
+        changed since the last check, the copies that may now be extra."""
         c = self.checkpoints.c
         with self._writing() as conn:
             conn.execute(
                 sa.update(self.checkpoints)
                 .where(self._key(self.checkpoints, destination, partition))
-                .values(deleted=deleted, changed=c.changed + changed, updated_at=now())
+                .values(
+                    deleted=gone["deleted"],
+                    moved=gone["moved"],
+                    changed=c.changed + changed,
+                    in_doubt=c.in_doubt + in_doubt,
+                    updated_at=now(),
+                )
             )
 
     # -- batches ------------------------------------------------------------------------------
-
-    def mark_sent(self, destination: str, batch: Batch, unknown: list[int], kind: str) -> None:
-        """The batch's first request is leaving (see etl.state.ledger)."""
-        with self._writing() as conn:
-            self.ledger.mark_sent(conn, destination, batch, unknown, kind)
 
     def note_unknown(
         self, destination: str, batch: Batch, unknown: list[int], attempts: int
@@ -269,11 +276,21 @@ class StateStore:
         with self._writing() as conn:
             self.ledger.forget(conn, destination, batch)
 
-    def commit(self, destination: str, acknowledged: list[Acknowledged]) -> None:
-        """One transaction: each acknowledged batch committed, in order."""
+    def commit(
+        self,
+        destination: str,
+        acknowledged: list[Acknowledged],
+        sending: Batch | None = None,
+        kind: str = "run",
+    ) -> None:
+        """One transaction: each acknowledged batch committed, in order, and the batch about to
+        be sent marked as sent (see etl.state.ledger)."""
         with self._writing() as conn:
             for done in acknowledged:
                 self.ledger.commit(conn, destination, done)
+            if sending is not None:
+                unknown = [1] * len(sending.events)
+                self.ledger.mark_sent(conn, destination, sending, unknown, kind)
 
     def prior_unknown(self, destination: str, partition: str, kind: str = "run") -> Counter[str]:
         """Per source key, the requests of earlier runs that carried it and whose fate is

@@ -12,7 +12,6 @@ import sqlalchemy as sa
 
 COUNTERS = ("rows_read", "delivered", "dead_letters", "filtered", "in_doubt")
 ADVANCED = (*COUNTERS, "requests", "retries", "throttled")  # what a committed batch adds
-OUTCOMES = ("delivered", "in_doubt", "dead_letter", "filtered")  # of a row, in the delivery log
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,8 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
             sa.Column(name, sa.BigInteger, nullable=False, server_default="0", comment=what)
             for name, what in (
                 ("deleted", "rows read, then gone from the source (not sent again)"),
-                ("changed", "rows changed or moved here after they were read (not sent again)"),
+                ("moved", "rows read, then moved to another day by a new timestamp (sent there)"),
+                ("changed", "rows whose content changed after they were read (not sent again)"),
             )
         ),
         sa.Column("fingerprint", sa.String(32), nullable=False),
@@ -112,15 +112,22 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         metadata,
         sa.Column("destination", sa.String(100), primary_key=True),
         sa.Column("partition", sa.String(10), primary_key=True),
-        sa.Column("source_key", sa.Text, primary_key=True),
-        sa.Column("seq", sa.Integer, nullable=False, comment="its slice in the ledger (batches)"),
-        sa.Column("outcome", sa.String(12), nullable=False, comment=", ".join(OUTCOMES)),
-        sa.Column("in_doubt", sa.Integer, nullable=False, comment="copies maybe extra"),
-        sa.Column("content_hash", sa.BigInteger, comment="CRC-32 of the payload as sent"),
-        sa.Column("deleted_at", ts, comment="the source row was gone at a later re-check"),
+        sa.Column("seq", sa.Integer, primary_key=True, comment="its slice in the ledger (batches)"),
+        sa.Column("source_keys", sa.Text, nullable=False, comment="JSON list, in order"),
+        sa.Column(
+            "outcomes",
+            sa.Text,
+            nullable=False,
+            comment="a letter per key: d delivered, x dead letter, f filtered, m moved away",
+        ),
+        sa.Column("content_hashes", sa.Text, nullable=False, comment="CRC-32 per key, <u4 hex"),
+        sa.Column("in_doubt", sa.Text, comment="JSON {index: copies maybe extra}"),
+        sa.Column(
+            "gone", sa.Text, comment='JSON {index: [when, "deleted" or "moved"]}: left the source'
+        ),
+        sa.Column("recorded_at", ts, nullable=False),
         schema=schema,
-        comment="the per-row delivery log: which source row went where (its batch says when)",
-        sqlite_with_rowid=False,  # the key is the table: one B-tree to write a row
+        comment="the per-row delivery log, a row per slice: which source row went where",
     )
     leases = sa.Table(
         f"{prefix}leases",

@@ -35,17 +35,8 @@ IDS = {"fuul": "dedup_id"}
 
 def delivered_rows(path: Path, warehouse: Warehouse, day: str, count: int) -> list[dict]:
     """``count`` rows of a day whose events were delivered, from the warehouse."""
-    store = store_of(path)
-    with store.engine.connect() as conn:
-        t = store.tables.deliveries.c
-        keys = [
-            int(k)
-            for (k,) in conn.execute(
-                sa.select(t.source_key).where(
-                    t.destination == DESTINATION, t.partition == day, t.outcome == "delivered"
-                )
-            )
-        ][:count]
+    known = store_of(path).log.known(DESTINATION, day)
+    keys = [int(k) for k, entry in known.items() if entry.outcome == "delivered"][:count]
     engine = warehouse.engine()
     with engine.connect() as conn:
         table = sa.Table("user_actions", sa.MetaData(schema=warehouse.schema), autoload_with=conn)
@@ -61,6 +52,15 @@ def change(warehouse: Warehouse, statement: str, **params) -> None:
     table = warehouse.table()
     with engine.begin() as conn:
         conn.execute(sa.text(statement.format(table=table)), params)
+    engine.dispose()
+
+
+def move(warehouse: Warehouse, key: int, at: datetime) -> None:
+    """Give a row a new timestamp."""
+    engine = warehouse.engine()
+    with engine.begin() as conn:
+        table = sa.Table("user_actions", sa.MetaData(schema=warehouse.schema), autoload_with=conn)
+        conn.execute(sa.update(table).where(table.c.id == key).values(occurred_at=at))
     engine.dispose()
 
 
@@ -89,12 +89,13 @@ def test_late_rows_are_sent_once_and_nothing_else_again(tmp_path, sandbox, clock
         path = setup(tmp_path, warehouse, sandbox, rows=1200, vendor=vendor, end=RECENT_END)
         assert run(path, clock).ok
         first = load_pipeline(path).start_date
-        day1, day2, day3 = (first + timedelta(days=i) for i in range(3))
+        day1, day2, day3, day4 = (first + timedelta(days=i) for i in range(4))
         late = insert_late(
             warehouse, delivered_rows(path, warehouse, str(day2), 3), str(day2), 900_001
         )
-        [gone] = delivered_rows(path, warehouse, str(day3), 1)
+        gone, moving = delivered_rows(path, warehouse, str(day3), 2)
         change(warehouse, "DELETE FROM {table} WHERE id = :id", id=gone["id"])
+        move(warehouse, moving["id"], datetime.combine(day4, datetime.min.time()))
         # a changed row is noticed when its day is read again (here: for its late rows)
         [edited] = [r for r in delivered_rows(path, warehouse, str(day2), 5) if r["id"] < 900_000][
             :1
@@ -108,11 +109,17 @@ def test_late_rows_are_sent_once_and_nothing_else_again(tmp_path, sandbox, clock
         report = run(path, clock)
         assert report.ok, report
         sent = new_records(sandbox, vendor, before)
-        assert len(sent) == 3  # the late rows, and nothing else
+        # the late rows and the moved one (new to its new day: Fuul keeps its first copy), and
+        # nothing else
+        assert len(sent) == (3 if vendor == "fuul" else 4)
         if vendor == "fuul":
             assert {e["dedup_id"] for e in sent} == {event_id_for(DESTINATION, k) for k in late}
         cps = {cp.partition: cp for cp in store_of(path).checkpoints_of(DESTINATION)}
         assert cps[str(day3)].deleted == 1 and cps[str(day2)].changed == 1
+        assert cps[str(day3)].moved == 1
+        # the vendor may keep the copy sent from day 3 and the one sent from day 4
+        assert cps[str(day3)].in_doubt == (0 if vendor == "fuul" else 1)
+        assert cps[str(day4)].rows_read == cps[str(day4)].present
         assert cps[str(day1)].changed == 0  # not read again: its count did not change
         assert all(cp.balanced and cp.status == "complete" for cp in cps.values())
         rechecked = {p.partition: p for p in report.destinations[0].partitions}
