@@ -1,4 +1,4 @@
-"""Cutting the stream of row outcomes into batches within a vendor's count and byte limits.
+"""Cutting the stream of prepared rows into batches within a vendor's count and byte limits.
 
 The stream runs over the partitions of a run one after the other, and a batch goes on from one
 partition into the next: a day of 1,667 events and the next day's first 333 fill one request of
@@ -8,10 +8,10 @@ sequence, so that each partition's ledger, counters and cursor stay its own.
 
 from __future__ import annotations
 
-from typing import Any
+from bisect import bisect_right
+from itertools import accumulate
 
-from etl.events import Batch, DeadLetter, Event, Filtered, Rejected, RowOutcome, Slice
-from etl.vendors.base import Vendor, encode_json
+from etl.events import EVENT, FILTERED, REJECTED, Batch, Position, Rows, Slice
 
 # A batch with no event to send still closes after this many rows, so that long runs of
 # filtered or rejected rows are checkpointed too and never pile up in memory.
@@ -24,14 +24,12 @@ class Batcher:
 
     def __init__(
         self,
-        vendor: Vendor,
         max_events: int,
         max_bytes: int | None,
         first_seq: int = 1,
         max_rows: int = MAX_ROWS_PER_BATCH,
         batch_prefix: str = "",
     ) -> None:
-        self.vendor = vendor
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.max_rows = max_rows
@@ -49,78 +47,67 @@ class Batcher:
         self._seq = first_seq
         self._slice = None
 
-    def add(self, outcome: RowOutcome) -> list[Batch]:
-        """Add one row; return the batches this closed (usually none)."""
+    def add_rows(self, rows: Rows) -> list[Batch]:
+        """Add prepared rows in order; return the batches they closed."""
         closed: list[Batch] = []
-        if isinstance(outcome, Event):
-            payload = self.vendor.encode(outcome)
-            self._add(outcome, payload, encode_json(payload), closed)
-        else:
-            self._add(outcome, None, b"", closed)
-        return closed
-
-    def add_chunk(self, outcomes: list[RowOutcome]) -> list[Batch]:
-        """Add a chunk's rows in order (its events encoded together); the batches closed."""
-        events = [o for o in outcomes if type(o) is Event]
-        payloads = self.vendor.encode_many(events)
-        encoded = iter(zip(payloads, [encode_json(p) for p in payloads], strict=True))
-        closed: list[Batch] = []
-        for outcome in outcomes:
-            if type(outcome) is Event:
-                self._add(outcome, *next(encoded), closed)
+        kinds, n, i = rows.kinds, len(rows), 0
+        while i < n:
+            if kinds[i] == EVENT:
+                end = _run_end(kinds, i)  # the events from i on, up to the next other row
+                i += self._add_events(rows, i, end, closed)
+                continue
+            batch, part = self._slice_for(rows.positions[i])
+            part.last = rows.positions[i]
+            batch.rows += 1
+            if kinds[i] == FILTERED:
+                part.filtered.append(rows.keys[i])
             else:
-                self._add(outcome, None, b"", closed)
+                part.rejected.append(rows.rejected[i])
+            if batch.rows >= self.max_rows:
+                closed.append(self._close())
+            i += 1
         return closed
 
-    def _add(
-        self,
-        outcome: RowOutcome,
-        payload: dict[str, Any] | None,
-        encoded: bytes,
-        closed: list[Batch],
-    ) -> None:
-        if payload is not None and self.max_bytes is not None:
-            assert isinstance(outcome, Event)
-            size = len(encoded)
-            if size + 2 > self.max_bytes:
-                reason = (
-                    f"event is {size} bytes, over {self.vendor.name}'s request limit "
-                    f"of {self.max_bytes} bytes"
-                )
-                outcome = Rejected(
-                    outcome.position, outcome.source_key, outcome.event_id, reason, payload
-                )
-                payload = None
-            elif self._would_overflow(size):  # the body: "[" + events joined by "," + "]"
-                closed.append(self._close())
-        batch, part = self._slice_for(outcome)
-        part.last = outcome.position
-        batch.rows += 1
-        if payload is not None:
-            assert isinstance(outcome, Event)
-            batch.events.append(outcome)
-            batch.encoded.append(encoded)
-            batch.nbytes += len(encoded)
-            part.end = len(batch.events)
-        elif isinstance(outcome, Filtered):
-            part.filtered.append(outcome.source_key)
-        else:
-            assert isinstance(outcome, Rejected)
-            dead = DeadLetter(outcome.event_id, outcome.source_key, outcome.reason, outcome.row)
-            part.rejected.append(dead)
-        if len(batch.events) >= self.max_events or batch.rows >= self.max_rows:
-            closed.append(self._close())
-
-    def _would_overflow(self, size: int) -> bool:
+    def _add_events(self, rows: Rows, start: int, end: int, closed: list[Batch]) -> int:
+        """As many of the events ``start:end`` as the open batch takes (a new one if it takes
+        none); returns how many."""
         batch = self._open
-        assert self.max_bytes is not None
-        return (
-            batch is not None
-            and bool(batch.encoded)
-            and batch.nbytes + size + len(batch.encoded) + 2 > self.max_bytes
-        )
+        take = end - start
+        if batch is not None:
+            take = min(take, self.max_events - batch.size, self.max_rows - batch.rows)
+            if self.max_bytes is not None:
+                take = min(take, self._fitting(batch, rows.encoded, start, start + take))
+            if take <= 0:
+                closed.append(self._close())
+                return 0
+        else:
+            take = min(take, self.max_events, self.max_rows)
+            if self.max_bytes is not None:
+                empty = Batch("")
+                take = max(1, self._fitting(empty, rows.encoded, start, start + take))
+        stop = start + take
+        batch, part = self._slice_for(rows.positions[start])
+        part.last = rows.positions[stop - 1]
+        batch.rows += take
+        batch.keys += rows.keys[start:stop]
+        batch.users += rows.users[start:stop]
+        added = rows.encoded[start:stop]
+        batch.encoded += added
+        batch.nbytes += sum(map(len, added))
+        part.end = batch.size
+        if batch.size >= self.max_events or batch.rows >= self.max_rows:
+            closed.append(self._close())
+        return take
 
-    def _slice_for(self, outcome: RowOutcome) -> tuple[Batch, Slice]:
+    def _fitting(self, batch: Batch, encoded: list[bytes], start: int, stop: int) -> int:
+        """How many of ``encoded[start:stop]`` the batch's body can take within max_bytes: the
+        body is "[" + the events joined by "," + "]"."""
+        assert self.max_bytes is not None
+        room = self.max_bytes - batch.nbytes - batch.size - 1  # each event brings its comma
+        sizes = accumulate(len(e) + 1 for e in encoded[start:stop])
+        return bisect_right(list(sizes), room)
+
+    def _slice_for(self, position: Position) -> tuple[Batch, Slice]:
         """The open batch (opened if none) and its slice of the current partition."""
         batch = self._open
         if batch is None:
@@ -129,10 +116,8 @@ class Batcher:
             self._slice = None
         part = self._slice
         if part is None:
-            start = len(batch.events)
-            part = Slice(
-                self._partition, self._seq, outcome.position, outcome.position, start, start
-            )
+            start = batch.size
+            part = Slice(self._partition, self._seq, position, position, start, start)
             self._seq += 1
             batch.slices.append(part)
             self._slice = part
@@ -157,3 +142,9 @@ class Batcher:
     def next_seq(self) -> int:
         """The sequence number the current partition's next slice gets."""
         return self._seq
+
+
+def _run_end(kinds: bytes, start: int) -> int:
+    """The end of the run of events that starts at ``start``."""
+    ends = [i for i in (kinds.find(FILTERED, start), kinds.find(REJECTED, start)) if i >= 0]
+    return min(ends, default=len(kinds))

@@ -49,6 +49,13 @@ class RateLimit(_Model):
     per_seconds: float = Field(gt=0)
     burst: int = Field(default=1, gt=0)
     margin: float = Field(default=0.02, ge=0, lt=1)
+    strict: bool = Field(
+        default=False,
+        description="the vendor's bucket banks nothing: space requests as they really leave",
+    )
+    jitter_ms: float = Field(
+        default=2.0, ge=0, description="strict: an absolute margin added to that spacing"
+    )
     shared: bool = Field(
         default=False, description="one budget for every process sending here (state database)"
     )
@@ -62,6 +69,16 @@ class RateLimit(_Model):
         """No more than ``requests`` leave in this many seconds, measured when they leave: the
         vendor's window widened by the margin (see etl.ratelimit)."""
         return self.requests, self.per_seconds * (1 + self.margin)
+
+    @property
+    def spacing(self) -> float:
+        """For a strict vendor (a token bucket that banks nothing), the seconds between two
+        requests as they really leave: the interval with its margin, plus an absolute margin
+        for the jitter between leaving and arriving (measured on loopback: 99 % of the gaps
+        within 1 ms of the interval, hence 2 ms). 0 otherwise."""
+        if not self.strict:
+            return 0.0
+        return self.per_seconds / self.requests * (1 + self.margin) + self.jitter_ms / 1000
 
 
 class ArgSpec(_Model):
@@ -245,6 +262,24 @@ class DagsterSettings(_Model):
     dead_letter_warn_rate: float = Field(default=0.05, ge=0, le=1)
     schedule_hour: int = Field(default=2, ge=0, le=23, description="UTC hour of the daily run")
     schedule_running: bool = Field(default=False, description="start the daily schedule on")
+    fresh_by_hour: int | None = Field(
+        default=6, ge=0, le=23, description="UTC hour by which yesterday is sent (None: no check)"
+    )
+    progress_every_batches: int = Field(default=20, ge=0, description="a progress line per N")
+    alert_webhook_env: str = Field(
+        default="ETL_ALERT_WEBHOOK_URL",
+        description="environment variable holding a Slack-compatible webhook for failed runs",
+    )
+    owners: list[str] = Field(default_factory=list, description="emails or team:<name>")
+    tags: dict[str, str] = Field(default_factory=dict, description="tags on every asset")
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, value: list[str]) -> list[str]:
+        for owner in value:
+            if not re.match(r"^(team:[\w-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$", owner):
+                raise ValueError(f"owner {owner!r} must be an email or team:<name>")
+        return value
 
 
 class PipelineConfig(_Model):

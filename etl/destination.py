@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from etl.batching import Batcher
 from etl.config import DestinationConfig, PipelineConfig, RateLimit, SourceConfig
 from etl.mapping import Mapper, mapping_fingerprint
+from etl.prepare import Preparer
 from etl.vendors import vendor_class
 from etl.vendors.base import Endpoint, Vendor
 
@@ -72,9 +73,11 @@ class Destination:
 
     def batcher(self, batch_prefix: str = "") -> Batcher:
         """A batcher that cuts this destination's batches (ids ``<batch_prefix><n>``)."""
-        return Batcher(
-            self.vendor, self.events_per_request, self.endpoint.max_bytes, batch_prefix=batch_prefix
-        )
+        return Batcher(self.events_per_request, self.endpoint.max_bytes, batch_prefix=batch_prefix)
+
+    def preparer(self) -> Preparer:
+        """What maps and encodes this destination's rows."""
+        return Preparer(self.mapper, self.vendor, self.endpoint.max_bytes)
 
 
 def resolve_destination(config: PipelineConfig, name: str) -> Destination:

@@ -22,7 +22,6 @@ from etl.destination import Destination
 from etl.errors import DeliveryError, EtlError
 from etl.events import Batch, SendResult
 from etl.partition import (
-    MAP_SLICE,
     DestinationContext,
     LogFilter,
     PartitionTask,
@@ -30,6 +29,7 @@ from etl.partition import (
     plan_task,
     reconcile,
 )
+from etl.progress import ProgressLog
 from etl.ranges import skip_too_old
 from etl.reader import use_reader_process
 from etl.reports import DestinationReport
@@ -61,9 +61,10 @@ class DestinationRun:
         self.tasks: dict[str, PartitionTask] = {}
         self.queue: deque[PartitionTask] = deque()
         self.batcher = destination.batcher(batch_prefix=f"{run.token}-")
-        self.filter = LogFilter(self.ctx) if run.store is not None else None
+        self.filter = LogFilter() if run.store is not None else None
         self.sink = self._sink()
         self.bar: Any = None
+        self.progress: ProgressLog | None = None  # said in the log (Dagster), not drawn
 
     def _sink(self) -> BatchSink:
         if self.run.out is not None:
@@ -143,6 +144,10 @@ class DestinationRun:
         if use_reader_process(run.config.source, remaining, self.destination.ceiling):
             self.ctx.reader = run.reader
             run.say(f"{name}: {remaining:,} rows to read: a second process reads them")
+        if run.options.progress_every:
+            self.progress = ProgressLog(
+                self.destination, remaining, run.options.progress_every, run.say, run.timing.clock
+            )
         self.bar = tqdm(
             total=max(remaining, 0),
             unit="rows",
@@ -161,18 +166,16 @@ class DestinationRun:
         self.tasks[task.key] = task
         self.batcher.start_partition(task.key, store.next_seq(ctx.name, task.key) if store else 1)
         self._read_ahead(task)
-        mapper = self.destination.mapper
         # closed at once if this stops half-way: the reader may be asked for the next day
-        with closing(ctx.read_tuples(task.day, task.cursor)) as chunks:
-            for names, chunk in chunks:
-                for start in range(0, len(chunk), MAP_SLICE):
-                    outcomes = mapper.map_chunk(names, chunk[start : start + MAP_SLICE])
-                    if self.filter is not None:  # rows the log holds are not sent again
-                        outcomes = self.filter.new_rows(task, outcomes)
-                    for batch in self.batcher.add_chunk(outcomes):
-                        self.submit(batch)
+        with closing(ctx.read_rows(task.day, task.cursor)) as chunks:
+            for rows in chunks:
+                read = len(rows)
+                if self.filter is not None:  # rows the log holds are not sent again
+                    rows = self.filter.new_rows(task, rows)
+                for batch in self.batcher.add_rows(rows):
+                    self.submit(batch)
                 if self.bar is not None:
-                    self.bar.update(len(chunk))
+                    self.bar.update(read)
                 if run.stop.is_set():
                     raise StopRequested()
         task.read_done = True
@@ -183,11 +186,10 @@ class DestinationRun:
         reader = self.ctx.reader
         if reader is None:
             return
-        columns = self.destination.mapper.columns
-        reader.ask(task.day, columns, task.cursor)
+        reader.ask(task.day, self.ctx.name, task.cursor)
         if self.queue:
             upcoming = self.queue[0]
-            reader.ask(upcoming.day, columns, upcoming.cursor)
+            reader.ask(upcoming.day, self.ctx.name, upcoming.cursor)
 
     def submit(self, batch: Batch) -> None:
         for part in batch.slices:
@@ -217,7 +219,7 @@ class DestinationRun:
                 prior = self.tasks[part.partition].prior_unknown
                 for i in range(part.start, part.end):
                     if i in answered:
-                        copies = prior.get(batch.events[i].source_key, 0) + result.unknown[i]
+                        copies = prior.get(batch.keys[i], 0) + result.unknown[i]
                         if copies:
                             in_doubt[i] = copies
         hold = {
@@ -233,6 +235,9 @@ class DestinationRun:
             task.report.add(done.batch, part, done.result, done.counts[index], index == 0)
             task.pending -= 1
             self.maybe_finish(task)
+        if self.progress is not None:
+            rows = sum(p.rows_read for p in done.batch.slices)
+            self.progress.batch(rows, sum(c.delivered for c in done.counts))
 
     def maybe_finish(self, task: PartitionTask) -> None:
         """Close a partition whose rows are all read and committed: check it, complete it (or
@@ -259,6 +264,8 @@ class DestinationRun:
             self.report.partitions.append(task.report)
             if problem:
                 self.run.complain(problem)
+            elif self.progress is not None:
+                self.progress.partition(task.report)
         if self.run.leases is not None:
             self.run.leases.release(name, task.key)
 

@@ -68,6 +68,43 @@ class Rejected:
 
 RowOutcome = Event | Filtered | Rejected
 
+# what a prepared row is (Rows.kinds)
+EVENT, FILTERED, REJECTED = b"e"[0], b"f"[0], b"r"[0]
+
+
+@dataclass(slots=True)
+class Rows:
+    """A chunk of rows mapped and encoded for one destination, a list per attribute (cheap to
+    pass between processes and to select from): what the batcher cuts into requests.
+
+    Per row: its kind (:data:`EVENT`, :data:`FILTERED` or :data:`REJECTED`), source key and
+    keyset position; for an event, its payload as JSON and its user (to mask it in samples);
+    for a rejected row, its dead letter (``rejected``, by index).
+    """
+
+    kinds: bytes
+    keys: list[str]
+    positions: list[Position]
+    encoded: list[bytes]
+    users: list[str]
+    rejected: dict[int, DeadLetter] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    def select(self, indexes: list[int]) -> Rows:
+        """These rows only, in this order."""
+        kinds, keys, positions = self.kinds, self.keys, self.positions
+        encoded, users, rejected = self.encoded, self.users, self.rejected
+        return Rows(
+            bytes(kinds[i] for i in indexes),
+            [keys[i] for i in indexes],
+            [positions[i] for i in indexes],
+            [encoded[i] for i in indexes],
+            [users[i] for i in indexes],
+            {n: rejected[i] for n, i in enumerate(indexes) if i in rejected},
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
@@ -98,25 +135,40 @@ class Slice:
     end: int = 0
     filtered: list[str] = field(default_factory=list)  # source keys of filtered rows
     rejected: list[DeadLetter] = field(default_factory=list)
+    keys_text: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def rows_read(self) -> int:
         return self.end - self.start + len(self.filtered) + len(self.rejected)
 
+    def keys_json(self, batch: Batch) -> str:
+        """The source keys of its events as JSON, encoded once (the ledger and the delivery log
+        both keep them)."""
+        if self.keys_text is None:
+            self.keys_text = json.dumps(batch.keys[self.start : self.end])
+        return self.keys_text
+
 
 @dataclass(slots=True)
 class Batch:
-    """What one request carries (events) and the rows that need none, cut into one slice per
-    partition: a batch may hold the end of one day and the start of the next."""
+    """What one request carries (its events, a list per attribute) and the rows that need
+    none, cut into one slice per partition: a batch may hold the end of one day and the start
+    of the next."""
 
     batch_id: str
     slices: list[Slice] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # each event's source key
+    users: list[str] = field(default_factory=list)
     # Each event's payload as JSON, encoded once. The payloads themselves are not kept: they
     # are freed while still in the processor's cache (freed a batch later, they cost 1 us each).
     encoded: list[bytes] = field(default_factory=list)
     nbytes: int = 0
     rows: int = 0
+
+    @property
+    def size(self) -> int:
+        """Its events."""
+        return len(self.encoded)
 
     def payload(self, index: int) -> dict[str, Any]:
         """The payload of event ``index``, as sent."""
@@ -162,7 +214,7 @@ class SliceCounts:
 class SendResult:
     """What the vendor did with a batch's events."""
 
-    delivered: list[int] = field(default_factory=list)  # indexes into Batch.events
+    delivered: list[int] = field(default_factory=list)  # indexes of the batch's events
     dead: list[tuple[int, int | None, str]] = field(default_factory=list)  # index, status, message
     requests: int = 0
     retries: int = 0

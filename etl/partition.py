@@ -21,20 +21,19 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 
 from etl.destination import Destination
-from etl.events import Event, Filtered, Position, Rejected, RowOutcome
+from etl.events import EVENT, FILTERED, REJECTED, Position, Rows
+from etl.prepare import Preparer, RowChunks, prepared
 from etl.reader import ReaderProcess
 from etl.reports import PartitionReport
 from etl.sender import Sender
-from etl.source import Chunks, Source
+from etl.source import Source
 from etl.state import Checkpoint, StateStore
 from etl.state.deliveries import Entry
 from etl.state.ledger import payload_hash
-from etl.vendors.base import encode_json
 from etl.windows import partition_key
-
-MAP_SLICE = 1000  # rows mapped and encoded together
 
 
 @dataclass
@@ -52,10 +51,16 @@ class DestinationContext:
     def name(self) -> str:
         return self.destination.name
 
-    def read_tuples(self, day: date | None, after: Position | None) -> Chunks:
-        """A partition's rows after ``after``, in chunks, with the columns the mapping needs."""
-        reader = self.reader or self.source
-        return reader.read_tuples(day, self.destination.mapper.columns, after)
+    def read_rows(self, day: date | None, after: Position | None) -> RowChunks:
+        """A partition's rows after ``after``, mapped and encoded, in chunks."""
+        if self.reader is not None:
+            return self.reader.read_rows(day, self.preparer, after)
+        columns = self.destination.mapper.columns
+        return prepared(self.source.read_tuples(day, columns, after), self.preparer)
+
+    @cached_property
+    def preparer(self) -> Preparer:
+        return self.destination.preparer()
 
 
 @dataclass
@@ -124,37 +129,37 @@ class LogFilter:
     (loaded when the partition opens). In a re-check, a row the log holds whose content changed
     since it was sent is counted as changed, and not sent again."""
 
-    def __init__(self, ctx: DestinationContext) -> None:
-        self.vendor = ctx.destination.vendor
-
-    def new_rows(self, task: PartitionTask, outcomes: list[RowOutcome]) -> list[RowOutcome]:
+    def new_rows(self, task: PartitionTask, rows: Rows) -> Rows:
         known = task.known
         if not known:
-            return outcomes
-        kept: list[RowOutcome] = []
-        for outcome in outcomes:
-            entry = known.get(outcome.source_key)
+            return rows
+        kept: list[int] = []
+        for i, key in enumerate(rows.keys):
+            entry = known.get(key)
             if entry is None:
-                kept.append(outcome)
+                kept.append(i)
                 continue
-            task.seen.add(outcome.source_key)
+            task.seen.add(key)
             if task.mode == "recheck":
-                digest = self._digest(outcome)
-                if _differs(digest, outcome, entry):
-                    task.changed_rows[outcome.source_key] = digest
-        return kept
-
-    def _digest(self, outcome: RowOutcome) -> int | None:
-        if isinstance(outcome, Event):
-            return zlib.crc32(encode_json(self.vendor.encode(outcome)))
-        if isinstance(outcome, Rejected):
-            return payload_hash(outcome.row)
-        return None
+                digest = _digest(rows, i)
+                if _differs(digest, rows.kinds[i], entry):
+                    task.changed_rows[key] = digest
+        return rows if len(kept) == len(rows) else rows.select(kept)
 
 
-def _differs(digest: int | None, outcome: RowOutcome, entry: Entry) -> bool:
-    if isinstance(outcome, Filtered) or entry.outcome == "filtered":
-        return isinstance(outcome, Filtered) != (entry.outcome == "filtered")
+def _digest(rows: Rows, i: int) -> int | None:
+    """What the delivery log keeps of a row's content: the CRC-32 of its payload as sent."""
+    kind = rows.kinds[i]
+    if kind == EVENT:
+        return zlib.crc32(rows.encoded[i])
+    if kind == REJECTED:
+        return payload_hash(rows.rejected[i].payload)
+    return None
+
+
+def _differs(digest: int | None, kind: int, entry: Entry) -> bool:
+    if kind == FILTERED or entry.outcome == "filtered":
+        return (kind == FILTERED) != (entry.outcome == "filtered")
     return entry.content_hash is not None and digest != entry.content_hash
 
 

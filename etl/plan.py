@@ -19,7 +19,7 @@ from etl.config import PipelineConfig, RateLimit
 from etl.database import dispose
 from etl.destination import Destination, resolve_destination
 from etl.events import Batch
-from etl.partition import MAP_SLICE, DestinationContext, LogFilter, PartitionTask, plan_task
+from etl.partition import DestinationContext, LogFilter, PartitionTask, plan_task
 from etl.ranges import lookback_days, partition_days, skip_too_old
 from etl.source import Source
 from etl.state import StateStore, existing_store
@@ -97,7 +97,7 @@ class _PlanSink:
             plan.to_send += part.end - part.start
             plan.filtered += len(part.filtered)
             plan.rejected.update(reason_kind(d.reason) for d in part.rejected)
-            if index == 0 and batch.events:
+            if index == 0 and batch.size:
                 plan.requests += 1
 
 
@@ -175,19 +175,16 @@ def _read(
     mapper.filter.track_near_misses = True
     batcher = destination.batcher()
     sink = _PlanSink(plans)
-    log_filter = LogFilter(ctx)
+    log_filter = LogFilter()
     for task in tasks:
         if task.mode == "skip":
             continue
         if ctx.store is not None and task.mode in ("resume", "recheck"):
             task.known = ctx.store.log.known(ctx.name, task.key)
         batcher.start_partition(task.key, 1)
-        for names, chunk in ctx.read_tuples(task.day, task.cursor):
-            for start in range(0, len(chunk), MAP_SLICE):
-                outcomes = mapper.map_chunk(names, chunk[start : start + MAP_SLICE])
-                outcomes = log_filter.new_rows(task, outcomes)
-                for batch in batcher.add_chunk(outcomes):
-                    sink.submit(batch)
+        for rows in ctx.read_rows(task.day, task.cursor):
+            for batch in batcher.add_rows(log_filter.new_rows(task, rows)):
+                sink.submit(batch)
     last = batcher.flush()
     if last is not None:
         sink.submit(last)

@@ -9,7 +9,9 @@ Given the vendor's window as well (``requests`` per ``seconds``), the bucket als
 times at which the last ``requests`` requests really left, and holds a request back until the
 oldest of them is a window old: a request that left late (a thread woken late, a busy
 interpreter) can then never pack one request too many into the vendor's window, whatever the
-margin.
+margin. Against a bucket that banks nothing (burst 1), it also keeps two requests at least
+``spacing`` apart as they really leave: after a late one, the next is not sent on its own
+schedule, which would put the two closer than the vendor's interval.
 """
 
 from __future__ import annotations
@@ -33,12 +35,15 @@ class TokenBucket:
         clock: Clock = time.monotonic,
         sleep: Sleep = time.sleep,
         window: tuple[int, float] | None = None,
+        spacing: float = 0.0,
     ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
         self._window = window[1] if window else 0.0
         self._sent: deque[float] = deque(maxlen=window[0] if window else 1)
         self._sent_lock = threading.Lock()
+        self._spacing = spacing
+        self._left = float("-inf")  # when the last request really left
         self.interval = 1.0 / rate
         self.tolerance = (burst - 1) * self.interval
         self._clock = clock
@@ -72,6 +77,15 @@ class TokenBucket:
                     self._sleep(remaining)
                     waited += remaining
                 sent.append(self._clock())
+        if self._spacing:
+            with self._sent_lock:
+                while (remaining := self._left + self._spacing - self._clock()) > 0:
+                    self._sleep(remaining)
+                    waited += remaining
+                # The first request also opens the connection, and reaches the vendor later
+                # than those after it leave for it: the second waits one spacing more.
+                first = self._left == float("-inf")
+                self._left = self._clock() + (self._spacing if first else 0.0)
         return waited
 
     def pause(self, seconds: float) -> None:

@@ -18,7 +18,7 @@ from etl.config import PipelineConfig
 from etl.database import dispose
 from etl.destination import Destination, resolve_destination
 from etl.errors import DeliveryError
-from etl.events import Batch, DeadLetter, Event, Filtered, SendResult
+from etl.events import Batch, DeadLetter, Event, Filtered, RowOutcome, SendResult
 from etl.loader import resolve_credentials
 from etl.sender import open_sender
 from etl.sink import DeliverySink
@@ -139,11 +139,12 @@ class _Replay:
         """The events cut into batches, one slice per partition (in the partitions' own
         sequence, as a run's)."""
         batcher = self.dest.batcher(batch_prefix="replay-")
+        preparer = self.dest.preparer()
         batches: list[Batch] = []
         for partition in sorted({p for p, _ in to_send}):
             batcher.start_partition(partition, self.store.next_seq(self.dest.name, partition))
-            events = [e for p, e in to_send if p == partition]
-            batches.extend(batcher.add_chunk(list(events)))
+            events: list[RowOutcome] = [e for p, e in to_send if p == partition]
+            batches.extend(batcher.add_rows(preparer.outcomes(events)))
         last = batcher.flush()
         return [*batches, last] if last is not None else batches
 
@@ -151,7 +152,7 @@ class _Replay:
         in_doubt: Counter[int] = Counter()
         if not self.dest.deduplicates:
             for i in [*result.delivered, *(i for i, _, _ in result.dead)]:
-                copies = self.prior.get(batch.events[i].source_key, 0) + result.unknown[i]
+                copies = self.prior.get(batch.keys[i], 0) + result.unknown[i]
                 if copies:
                     in_doubt[i] = copies
         return Acknowledged(batch, result, in_doubt, kind="replay")

@@ -59,9 +59,7 @@ class PartitionReport:
             self.retries += result.retries
             self.throttled += result.throttled
         if len(self.samples) < 3 and part.end > part.start:
-            self.samples.append(
-                mask_user(batch.payload(part.start), batch.events[part.start].user_id)
-            )
+            self.samples.append(mask_user(batch.payload(part.start), batch.users[part.start]))
 
     @property
     def failed(self) -> bool:

@@ -33,6 +33,7 @@ class RunOptions:
     include_today: bool = False  # send today's partition too (still filling)
     lookback: bool = True  # re-check the complete days before the range for late rows
     stop_grace: float = 10.0  # seconds a stop waits for the answers still out
+    progress_every: int = 0  # say the progress in the log every N batches, and each partition
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,10 +72,14 @@ def run_backfill(
         # counted while the run sends: one pass over the table, mostly in the database
         outside = in_background(run.source.outside, days[-1])
         earlier = lookback_days(config, days[0]) if options.lookback else []
-        reports = [
-            DestinationRun(run, d, credentials.get(d.name, {})).send(days, earlier)
-            for d in resolved
-        ]
+        try:
+            reports = [
+                DestinationRun(run, d, credentials.get(d.name, {})).send(days, earlier)
+                for d in resolved
+            ]
+        finally:
+            # its connection goes back to the pool before the pool is closed, or it is lost
+            wait([outside])
     store = run.store
     return RunReport(
         reports,
@@ -90,7 +94,7 @@ def run_backfill(
 
 
 def in_background(work: Callable[..., T], *args: Any) -> Future[T]:
-    """``work(*args)`` on a daemon thread: a run that stops does not wait for it."""
+    """``work(*args)`` on a daemon thread (the caller waits for it before closing what it uses)."""
     future: Future[T] = Future()
 
     def run() -> None:

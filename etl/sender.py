@@ -99,7 +99,12 @@ class Sender:
             self.url,
             credential_string(credentials),
             lambda: TokenBucket(
-                rate.per_second, rate.burst, timing.clock, timing.sleep, rate.guard_window
+                rate.per_second,
+                rate.burst,
+                timing.clock,
+                timing.sleep,
+                rate.guard_window,
+                rate.spacing,
             ),
         )
         self.shared = shared

@@ -20,7 +20,7 @@ from concurrent.futures import wait as wait_for
 from typing import IO, Protocol
 
 from etl.errors import DeliveryError
-from etl.events import Batch, SendResult
+from etl.events import Batch, SendResult, event_id_for
 from etl.sender import NotSent, Sender, Stopped
 from etl.state import StateStore
 from etl.state.ledger import Acknowledged
@@ -46,7 +46,7 @@ class BatchDepartures:
         self.store = store
         self.destination = destination
         self.batch = batch
-        self.unknown = [0] * len(batch.events)
+        self.unknown = [0] * batch.size
         self.attempts = 0
         self._lock = threading.Lock()
 
@@ -96,7 +96,7 @@ class DeliverySink:
         """Commit the batches answered (waiting for the oldest while ``in_flight`` are out),
         mark this one as sent in the same transaction, and send it."""
         acknowledged, failure = self._finished(until=self.limit - 1)
-        sending = batch if batch.events and failure is None else None
+        sending = batch if batch.size and failure is None else None
         self.store.commit(self.name, acknowledged, sending, self.kind)
         self._committed(acknowledged)
         if failure is not None:
@@ -158,7 +158,7 @@ class DeliverySink:
                 continue
             if not future.done():
                 in_order = False
-                unanswered += len(batch.events)
+                unanswered += batch.size
                 continue
             try:
                 result = future.result()
@@ -168,7 +168,7 @@ class DeliverySink:
                 continue
             except (Stopped, DeliveryError):
                 in_order = False
-                unanswered += len(batch.events)
+                unanswered += batch.size
                 continue
             acknowledged.append(self.account(batch, result, in_order))
         self.pending.clear()
@@ -196,12 +196,12 @@ class DryRunSink:
                 line = {
                     "destination": self.name,
                     "partition": part.partition,
-                    "event_id": batch.events[index].event_id,
+                    "event_id": event_id_for(self.name, batch.keys[index]),
                     "batch": batch.batch_id,
                     "payload": batch.payload(index),
                 }
                 self.out.write(json.dumps(line, ensure_ascii=False) + "\n")
-        result = SendResult(delivered=list(range(len(batch.events))))
+        result = SendResult(delivered=list(range(batch.size)))
         self.committed(Acknowledged(batch, result))
 
     def drain(self) -> None:

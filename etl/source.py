@@ -135,18 +135,23 @@ class Source:
             return int(conn.execute(stmt).scalar_one())
 
     def outside(self, last_day: date) -> Outside:
-        """Rows outside the partitions start_date..last_day, by kind, in one pass."""
+        """Rows outside the partitions start_date..last_day, by kind: counted one by one (an
+        index on the column serves the ranges), or in one pass over the table when no kind is
+        a range (text of mixed forms)."""
         w = self.windows
+        kinds = [
+            w.undated() & sa.not_(w.unreadable()),
+            w.unreadable(),
+            w.before(self.start_date),
+            w.after(last_day),
+        ]
+        if w.ranges:
+            return Outside(*(self._count(kind) for kind in kinds))
 
         def rows(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
             return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
 
-        stmt = sa.select(
-            rows(w.undated() & sa.not_(w.unreadable())),
-            rows(w.unreadable()),
-            rows(w.before(self.start_date)),
-            rows(w.after(last_day)),
-        ).select_from(self.from_)
+        stmt = sa.select(*(rows(kind) for kind in kinds)).select_from(self.from_)
         with self.engine.connect() as conn:
             values = conn.execute(stmt).one()
         return Outside(*(int(v) for v in values))

@@ -71,6 +71,10 @@ def partition_key(day: date | None) -> str:
 class Windows:
     """The SQL conditions that place rows in partitions, for one timestamp column."""
 
+    # before and after are ranges of the column's values, which an index on it counts without
+    # reading the rows: the kinds of rows outside the partitions are better counted one by one
+    ranges = False
+
     def __init__(self, column: sa.ColumnElement[Any]) -> None:
         self.column = column
 
@@ -103,6 +107,8 @@ class Windows:
 class NativeWindows(Windows):
     """A timestamp column: bounds in UTC if it holds aware values, else in the source's zone."""
 
+    ranges = True
+
     def __init__(self, column: sa.ColumnElement[Any], aware: bool, tz: tzinfo) -> None:
         super().__init__(column)
         self.aware = aware
@@ -117,6 +123,8 @@ class NativeWindows(Windows):
 class IsoTextWindows(Windows):
     """A ``datetime`` kept as ISO text (SQLite, or a text column): compared as text, with the
     bounds written as such text is; a value that does not start with YYYY-MM-DD is undated."""
+
+    ranges = True
 
     def __init__(self, column: sa.ColumnElement[Any], tz: tzinfo, dialect: str) -> None:
         super().__init__(binary_text(column, dialect))
@@ -136,6 +144,8 @@ class IsoTextWindows(Windows):
 
 class EpochWindows(Windows):
     """A number of seconds or milliseconds since the epoch."""
+
+    ranges = True
 
     def __init__(self, column: sa.ColumnElement[Any], per_second: int) -> None:
         super().__init__(column)

@@ -36,6 +36,12 @@ class Faults:
     answer_body: str = ""
     answer_content_type: str = "text/html"
     answer_location: str = ""
+    answer_after: int = 0  # that answer only after this many requests (a vendor that dies)
+    # A strict token bucket in front of the vendor, in real seconds: ``bucket_per_s`` tokens a
+    # second, at most ``bucket_burst`` banked (1: no banking); a request without a token is
+    # answered 429 with the time until the next one.
+    bucket_per_s: float = 0.0
+    bucket_burst: float = 1.0
 
 
 @dataclass
@@ -44,6 +50,27 @@ class Reply:
     body: Any = None
     headers: dict[str, str] | None = None
     content_type: str = "application/json"
+
+
+class TokenBucket:
+    """``per_s`` tokens a second, at most ``burst`` of them banked; a request takes one."""
+
+    def __init__(self, per_s: float, burst: float, clock: Callable[[], float]) -> None:
+        self.per_s = per_s
+        self.burst = burst
+        self.clock = clock
+        self.tokens = burst
+        self.updated = clock()
+
+    def check(self, now: float) -> float | None:
+        """Take a token for a request that arrived at ``now``; None if there was one, else
+        the seconds until there is."""
+        self.tokens = min(self.burst, self.tokens + max(now - self.updated, 0) * self.per_s)
+        self.updated = max(now, self.updated)
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        return (1 - self.tokens) / self.per_s
 
 
 class SlidingWindow:

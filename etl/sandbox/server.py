@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlparse
 from requests.structures import CaseInsensitiveDict
 
 from etl.sandbox.airship import AirshipEmulator
-from etl.sandbox.emulator import Faults, Reply, VendorEmulator
+from etl.sandbox.emulator import Faults, Reply, TokenBucket, VendorEmulator
 from etl.sandbox.fuul import FuulEmulator
 from etl.sandbox.thrivestack import ThriveStackEmulator
 from etl.sandbox.torque import TorqueEmulator
@@ -70,6 +70,8 @@ class Sandbox:
         self.stats: dict[str, Counter[str]] = defaultdict(Counter)
         self.faults: dict[str, Faults] = defaultdict(Faults)
         self.arrivals: dict[str, list[float]] = defaultdict(list)  # clock() of every request
+        self.buckets: dict[str, TokenBucket] = {}  # the strict buckets of Faults.bucket_per_s
+        self.bucket_lock = threading.Lock()
         self.open: Counter[str] = Counter()  # requests being answered, per vendor
         self.requests: list[RequestRecord] = []  # every request, vendors' and unknown paths'
         self._current = threading.local()
@@ -115,13 +117,21 @@ class Sandbox:
             self.stats.clear()
             self.arrivals.clear()
             self.faults.clear()
+            self.buckets.clear()
             self.requests.clear()
             self.emulators = self._emulators()
 
     def dispatch(
-        self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        raw_path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        arrived: float | None = None,
     ) -> Reply | None:
-        """The reply to a request, or None to drop the connection (a lost response)."""
+        """The reply to a request, or None to drop the connection (a lost response).
+        ``arrived``: when its headers were read (default: now)."""
+        arrived = self.clock() if arrived is None else arrived
         url = urlparse(raw_path)
         parts = url.path.strip("/").split("/", 1)
         if parts[0] == "_sandbox":
@@ -130,19 +140,37 @@ class Sandbox:
         if emulator is None:
             return Reply(404, {"message": f"no vendor at /{parts[0]}"})
         name = emulator.name
+        faults = self.faults[name]
+        if faults.bucket_per_s:  # as a gateway: when the request arrives, not when it is served
+            wait = self._bucket(name, faults, arrived)
+            if wait is not None:
+                with self.lock:
+                    self.stats[name]["requests"] += 1
+                    self.arrivals[name].append(arrived)
+                    return emulator.throttled(wait)
         with self.lock:
             self.open[name] += 1
             stats = self.stats[name]
             stats["max_concurrent"] = max(stats["max_concurrent"], self.open[name])
         try:
-            faults = self.faults[name]
-            reply = self._answer(emulator, faults, method, parts, headers, body)
+            reply = self._answer(emulator, faults, method, parts, headers, body, arrived)
             if faults.latency_ms:  # the vendor counts a request when it arrives, answers later
                 time.sleep(faults.latency_ms / 1000)
             return reply
         finally:
             with self.lock:
                 self.open[name] -= 1
+
+    def _bucket(self, name: str, faults: Faults, arrived: float) -> float | None:
+        with self.bucket_lock:
+            bucket = self.buckets.get(name)
+            if bucket is None or (bucket.per_s, bucket.burst) != (
+                faults.bucket_per_s,
+                faults.bucket_burst,
+            ):
+                bucket = TokenBucket(faults.bucket_per_s, faults.bucket_burst, self.clock)
+                self.buckets[name] = bucket
+            return bucket.check(arrived)
 
     def _answer(
         self,
@@ -152,12 +180,13 @@ class Sandbox:
         parts: list[str],
         headers: Mapping[str, str],
         body: bytes,
+        arrived: float,
     ) -> Reply | None:
         with self.lock:
             stats = self.stats[emulator.name]
             stats["requests"] += 1
-            self.arrivals[emulator.name].append(self.clock())
-            if faults.answer_status:
+            self.arrivals[emulator.name].append(arrived)
+            if faults.answer_status and stats["requests"] > faults.answer_after:
                 stats[f"answered_{faults.answer_status}"] += 1
                 location = {"Location": faults.answer_location} if faults.answer_location else None
                 raw = faults.answer_body  # as is: HTML, empty, or JSON text
@@ -213,11 +242,12 @@ class _Handler(BaseHTTPRequestHandler):
     wbufsize = 64 * 1024  # headers and body in one send: no delayed-ACK stall on keep-alive
 
     def _serve(self, method: str) -> None:
+        arrived = self.server.sandbox.clock()  # its headers are read: as a gateway sees it
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = CaseInsensitiveDict(self.headers.items())
         request = self.server.sandbox.begin(method, self.path, headers)
-        reply = self.server.sandbox.dispatch(method, self.path, headers, body)
+        reply = self.server.sandbox.dispatch(method, self.path, headers, body, arrived)
         if reply is None:
             self.close_connection = True
             return

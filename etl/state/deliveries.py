@@ -47,19 +47,20 @@ def log_row(
     destination: str,
     partition: str,
     seq: int,
-    keys: list[str],
+    keys: str,
     codes: str,
     hashes: list[int],
     in_doubt: dict[int, int],
     at: datetime,
 ) -> dict[str, Any]:
-    """The log row of a slice: ``keys`` of its rows in order, a letter of :data:`CODES` and a
-    CRC-32 per key, the copies maybe extra by index (only those with some)."""
+    """The log row of a slice: the source ``keys`` of its rows in order (a JSON list), a
+    letter of :data:`CODES` and a CRC-32 per key, the copies maybe extra by index (only those
+    with some)."""
     return {
         "destination": destination,
         "partition": partition,
         "seq": seq,
-        "source_keys": json.dumps(keys),
+        "source_keys": keys,
         "outcomes": codes,
         "content_hashes": _pack_hashes(hashes),
         "in_doubt": json.dumps(in_doubt) if in_doubt else None,

@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from etl.events import Batch, DeadLetter, SendResult, Slice, SliceCounts
+from etl.events import Batch, DeadLetter, SendResult, Slice, SliceCounts, event_id_for
 from etl.state.deliveries import DeliveryLog, log_row
 from etl.state.positions import encode_position
 from etl.state.tables import ADVANCED, StateTables
@@ -48,7 +48,7 @@ class Acknowledged:
 
     def __post_init__(self) -> None:
         batch, result = self.batch, self.result
-        everything = len(result.delivered) == len(batch.events)
+        everything = len(result.delivered) == batch.size
         delivered = set() if everything else set(result.delivered)
         dead = {i for i, _, _ in result.dead}
         self.counts = []
@@ -123,14 +123,14 @@ class Ledger:
                 "first_position": encode_position(s.first),
                 "last_position": encode_position(s.last),
                 "event_count": s.end - s.start,
-                "bytes": sum(len(e) for e in batch.encoded[s.start : s.end]),
+                "bytes": sum(map(len, batch.encoded[s.start : s.end])),
                 "status": "sent",
                 "attempts": 1,
                 "sent_at": at,
                 "batch_id": batch.batch_id,
                 "kind": kind,
-                "event_keys": json.dumps([e.source_key for e in batch.events[s.start : s.end]]),
-                "unknown": json.dumps(unknown[s.start : s.end]),
+                "event_keys": s.keys_json(batch),
+                "unknown": _unknown_text(unknown[s.start : s.end]),
             }
             for s in _with_events(batch)
         ]
@@ -147,7 +147,7 @@ class Ledger:
                 "k_part": s.partition,
                 "k_seq": s.seq,
                 "v_attempts": attempts,
-                "v_unknown": json.dumps(unknown[s.start : s.end]),
+                "v_unknown": _unknown_text(unknown[s.start : s.end]),
             }
             for s in _with_events(batch)
         ]
@@ -186,8 +186,8 @@ class Ledger:
             copies = sum(done.in_doubt[i] for i in delivered)
             replayed: dict[str, tuple[int, int]] = {}
             for i in range(part.start, part.end):
-                event = batch.events[i]
-                letter = (dead.destination == destination, dead.event_id == event.event_id)
+                event_id = event_id_for(destination, batch.keys[i])
+                letter = (dead.destination == destination, dead.event_id == event_id)
                 if i in vendor_dead:
                     status, message = vendor_dead[i]
                     reason = f"rejected by vendor: {message}"
@@ -198,7 +198,7 @@ class Ledger:
                     )
                     continue
                 conn.execute(sa.update(t.dead_letters).where(*letter).values(replayed_at=at))
-                replayed[event.source_key] = (done.in_doubt[i], zlib.crc32(batch.encoded[i]))
+                replayed[batch.keys[i]] = (done.in_doubt[i], zlib.crc32(batch.encoded[i]))
             self.log.mark_replayed(conn, destination, part.partition, replayed)
             conn.execute(
                 sa.update(t.checkpoints)
@@ -231,7 +231,7 @@ class Ledger:
                 conn.execute(self._ack, {**keys, **ack, "v_now": at})
             else:  # rows without a request: a ledger row all the same, that the log points to
                 conn.execute(self._insert_batch, _quiet_slice(destination, batch, part, at))
-            dead = _dead_letters(batch, part, vendor_dead)
+            dead = _dead_letters(destination, batch, part, vendor_dead)
             if dead:
                 rows = [dead_letter_row(destination, part.partition, d, at) for d in dead]
                 conn.execute(self._insert_dead, rows)
@@ -256,24 +256,36 @@ class Ledger:
         conn.execute(self._insert_log, log)
 
 
+def _unknown_text(counts: list[int]) -> str:
+    """The ledger's ``unknown``: a JSON list, or one number when every event has it."""
+    if counts and counts.count(counts[0]) == len(counts):
+        return str(counts[0])
+    return json.dumps(counts)
+
+
+def unknown_counts(text: str | None, events: int) -> list[int]:
+    """The ledger's ``unknown`` read back, a number per event."""
+    value = json.loads(text or "[]")
+    return [value] * events if isinstance(value, int) else list(value)
+
+
 def _with_events(batch: Batch) -> list[Slice]:
     return [s for s in batch.slices if s.end > s.start]
 
 
 def _dead_letters(
-    batch: Batch, part: Slice, vendor_dead: dict[int, tuple[int | None, str]]
+    destination: str, batch: Batch, part: Slice, vendor_dead: dict[int, tuple[int | None, str]]
 ) -> list[DeadLetter]:
     """The slice's rows rejected before sending, and its events the vendor rejected."""
     dead = list(part.rejected)
     for index in range(part.start, part.end):
         if index in vendor_dead:
             status, message = vendor_dead[index]
-            event = batch.events[index]
             reason = f"rejected by vendor: {message}"
             payload = batch.payload(index)
-            dead.append(
-                DeadLetter(event.event_id, event.source_key, reason, payload, status, message)
-            )
+            key = batch.keys[index]
+            event_id = event_id_for(destination, key)
+            dead.append(DeadLetter(event_id, key, reason, payload, status, message))
     return dead
 
 
@@ -289,21 +301,21 @@ def _log_row(
     """The slice's delivery-log row: its events, then the rows rejected before sending, then
     the filtered ones."""
     start, end = part.start, part.end
-    events = batch.events[start:end]
-    keys = [e.source_key for e in events]
-    if len(delivered) == len(batch.events):
-        codes = "d" * len(keys)
+    if len(delivered) == batch.size:
+        codes = "d" * (end - start)
     else:
         codes = "".join("d" if i in delivered else "x" for i in range(start, end))
     crc = zlib.crc32
     hashes = [crc(encoded) for encoded in batch.encoded[start:end]]
-    keys += [d.source_key for d in part.rejected]
-    hashes += [payload_hash(d.payload) for d in part.rejected]
-    keys += part.filtered
-    hashes += [0] * len(part.filtered)
-    codes += "x" * len(part.rejected) + "f" * len(part.filtered)
+    if part.rejected or part.filtered:
+        keys = batch.keys[start:end] + [d.source_key for d in part.rejected] + part.filtered
+        keys_text = json.dumps(keys)
+        hashes += [payload_hash(d.payload) for d in part.rejected] + [0] * len(part.filtered)
+        codes += "x" * len(part.rejected) + "f" * len(part.filtered)
+    else:
+        keys_text = part.keys_json(batch)
     copies = {i - start: n for i, n in in_doubt.items() if start <= i < end and n}
-    return log_row(destination, part.partition, part.seq, keys, codes, hashes, copies, at)
+    return log_row(destination, part.partition, part.seq, keys_text, codes, hashes, copies, at)
 
 
 def _quiet_slice(destination: str, batch: Batch, part: Slice, at: datetime) -> dict[str, Any]:

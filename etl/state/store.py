@@ -22,7 +22,7 @@ from etl.errors import ConfigError, MappingChangedError, StateDatabaseError
 from etl.events import Batch, DeadLetter, Position
 from etl.state.deliveries import DeliveryLog
 from etl.state.leases import Leases
-from etl.state.ledger import Acknowledged, Ledger, now
+from etl.state.ledger import Acknowledged, Ledger, now, unknown_counts
 from etl.state.migrate import add_missing_columns, missing_columns
 from etl.state.positions import decode_position
 from etl.state.tables import ADVANCED, state_tables
@@ -289,7 +289,7 @@ class StateStore:
             for done in acknowledged:
                 self.ledger.commit(conn, destination, done)
             if sending is not None:
-                unknown = [1] * len(sending.events)
+                unknown = [1] * sending.size
                 self.ledger.mark_sent(conn, destination, sending, unknown, kind)
 
     def prior_unknown(self, destination: str, partition: str, kind: str = "run") -> Counter[str]:
@@ -307,7 +307,8 @@ class StateStore:
             for keys, unknown in conn.execute(stmt):
                 if keys is None:  # written by an earlier version, which kept no keys
                     continue
-                for key, n in zip(json.loads(keys), json.loads(unknown or "[]"), strict=False):
+                keys = json.loads(keys)
+                for key, n in zip(keys, unknown_counts(unknown, len(keys)), strict=False):
                     counts[key] += n
         return counts
 

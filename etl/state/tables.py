@@ -87,7 +87,8 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         sa.Column(
             "unknown",
             sa.Text,
-            comment="JSON: per event, requests whose fate is unknown (they may have landed)",
+            comment="JSON: per event, requests whose fate is unknown (they may have landed); "
+            "one number: the same for every event",
         ),
         sa.Index(f"ix_{prefix}batches_batch_id", "destination", "batch_id"),
         schema=schema,

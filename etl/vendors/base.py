@@ -45,6 +45,7 @@ class Vendor(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
     deduplicates: ClassVar[bool]  # the vendor drops an event it already has (resends are harmless)
+    sends_event_id: ClassVar[bool] = False  # the payload carries the event id (else not computed)
     options_model: ClassVar[type[VendorOptions]] = VendorOptions
     credential_keys: ClassVar[tuple[str, ...]] = ("api_key",)
     # Parameter types the vendor's events can hold, vendor fields (name -> type), free properties.

@@ -42,6 +42,7 @@ class Fuul(Vendor):
     name = "fuul"
     title = "Fuul"
     deduplicates = True
+    sends_event_id = True  # as dedup_id
     options_model = FuulOptions
     options: FuulOptions
 

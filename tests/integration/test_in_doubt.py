@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from requests.structures import CaseInsensitiveDict
 
 from etl.sandbox import start_sandbox
+from etl.state.ledger import unknown_counts
 from tests.conftest import DESTINATION, warehouse_of
 from tests.integration.scenario import (
     RECENT_END,
@@ -73,11 +74,13 @@ def per_day_bounds(path: Path, server, vendor: str) -> dict[str, tuple[int, int,
     b = store.batches.c
     with store.engine.connect() as conn:
         doubted = conn.execute(
-            sa.select(b.partition, b.batch_id, b.unknown).where(b.status == "in_doubt")
+            sa.select(b.partition, b.batch_id, b.unknown, b.event_count).where(
+                b.status == "in_doubt"
+            )
         ).all()
-    for partition, batch_id, attempts in doubted:
+    for partition, batch_id, attempts, events in doubted:
         if batch_id not in arrived:
-            unknown[partition] += sum(json.loads(attempts))
+            unknown[partition] += sum(unknown_counts(attempts, events))
     in_doubt = {cp.partition: cp.in_doubt for cp in store.checkpoints_of(DESTINATION)}
     days = sorted(set(in_doubt) - {"undated"})
     return {d: (extra[d], in_doubt[d], unknown[d]) for d in days}

@@ -1,5 +1,7 @@
-"""The reader process: the chunks the source gives, read in a child process (SQLite, PostgreSQL)."""
+"""The reader process: the rows the source gives, read and prepared in a child process (SQLite,
+PostgreSQL)."""
 
+import copy
 import os
 import pickle
 import signal
@@ -8,14 +10,15 @@ from datetime import timedelta
 
 import pytest
 
+from etl.destination import resolve_destination
 from etl.errors import SourceError
+from etl.events import EVENT, FILTERED, REJECTED
 from etl.loader import load_pipeline
+from etl.prepare import Preparer, prepared
 from etl.reader import MIN_CEILING, MIN_ROWS, ReaderProcess, _error, use_reader_process
 from etl.source import Source
-from tests.conftest import warehouse_of, write_pipeline
+from tests.conftest import DESTINATION, warehouse_of, write_pipeline
 from tests.integration.scenario import END, FIRST, assert_exactly_once, run, setup
-
-COLUMNS = ["action", "wallet", "amount", "properties"]
 
 
 @pytest.fixture
@@ -25,12 +28,28 @@ def config(tmp_path, warehouse, fast_sandbox):
     return load_pipeline(path)
 
 
+class Here:
+    """The same rows, read and prepared in this process."""
+
+    def __init__(self, config):
+        self.source = Source(config)
+
+    def read_rows(self, day, preparer, after=None):
+        columns = preparer.mapper.columns
+        return prepared(self.source.read_tuples(day, columns, after), preparer)
+
+
+@pytest.fixture
+def preparer(config):
+    """What maps and encodes the destination's rows, here (and, the same, in the child)."""
+    return resolve_destination(config, DESTINATION).preparer()
+
+
 @pytest.fixture
 def source(config):
-    """The same source, read here."""
-    source = Source(config)
-    yield source
-    source.engine.dispose()
+    here = Here(config)
+    yield here
+    here.source.engine.dispose()
 
 
 @pytest.fixture
@@ -41,67 +60,74 @@ def reader(config):
     reader.close()
 
 
-def chunks_of(reader, day, after=None):
-    chunks = reader.read_tuples(day, COLUMNS, after)
-    return [(names, [tuple(r) for r in rows]) for names, rows in chunks]
+def misnamed(preparer):
+    """The same preparer, for a destination the pipeline does not have."""
+    mapper = copy.copy(preparer.mapper)
+    mapper.destination = "no_such_destination"
+    return Preparer(mapper, preparer.vendor, preparer.max_bytes)
 
 
-def test_it_reads_what_the_source_reads(source, reader):
-    expected = chunks_of(source, FIRST)
+def chunks_of(reader, preparer, day, after=None):
+    return list(reader.read_rows(day, preparer, after))
+
+
+def test_it_reads_what_the_source_reads(source, reader, preparer):
+    expected = chunks_of(source, preparer, FIRST)
     assert len(expected) > 1  # several chunks of 500 rows
-    assert chunks_of(reader, FIRST) == expected
+    assert {r.kinds[i] for r in expected for i in range(len(r))} == {EVENT, FILTERED, REJECTED}
+    assert chunks_of(reader, preparer, FIRST) == expected
     pid = reader.proc.pid
-    after = expected[0][1][-1][:2]  # from a cursor, as a resumed partition
-    assert chunks_of(reader, FIRST, after) == chunks_of(source, FIRST, after)
+    after = expected[0].positions[-1]  # from a cursor, as a resumed partition
+    assert chunks_of(reader, preparer, FIRST, after) == chunks_of(source, preparer, FIRST, after)
     assert reader.proc.pid == pid  # one child for the run
     reader.close()
     assert reader.proc is None
 
 
-def test_days_asked_ahead_are_read_in_turn(source, reader):
+def test_days_asked_ahead_are_read_in_turn(source, reader, preparer):
     second = FIRST + timedelta(days=1)
-    reader.ask(FIRST, COLUMNS)
-    reader.ask(second, COLUMNS)
-    assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
+    reader.ask(FIRST, DESTINATION)
+    reader.ask(second, DESTINATION)
+    assert chunks_of(reader, preparer, FIRST) == chunks_of(source, preparer, FIRST)
     pid = reader.proc.pid
-    assert chunks_of(reader, second) == chunks_of(source, second)
+    assert chunks_of(reader, preparer, second) == chunks_of(source, preparer, second)
     assert reader.proc.pid == pid  # read ahead by the same child
     # asked from one cursor, read from another (the partition moved on): read afresh
-    after = chunks_of(source, FIRST)[0][1][-1][:2]
-    reader.ask(FIRST, COLUMNS)
-    assert chunks_of(reader, FIRST, after) == chunks_of(source, FIRST, after)
+    after = chunks_of(source, preparer, FIRST)[0].positions[-1]
+    reader.ask(FIRST, DESTINATION)
+    assert chunks_of(reader, preparer, FIRST, after) == chunks_of(source, preparer, FIRST, after)
     assert reader.proc.pid != pid
 
 
-def test_an_error_in_the_child_is_raised_here_and_the_child_goes_on(reader):
-    with pytest.raises(KeyError, match="no_such_column"):
-        list(reader.read_tuples(FIRST, ["no_such_column"]))
-    assert chunks_of(reader, FIRST)  # the same child reads on
+def test_an_error_in_the_child_is_raised_here_and_the_child_goes_on(reader, preparer):
+    with pytest.raises(KeyError, match="no_such_destination"):
+        list(reader.read_rows(FIRST, misnamed(preparer)))
+    assert chunks_of(reader, preparer, FIRST)  # the same child reads on
 
 
-def test_a_child_that_dies_is_an_error_that_says_so(source, reader):
-    assert chunks_of(reader, FIRST)
+def test_a_child_that_dies_is_an_error_that_says_so(source, reader, preparer):
+    assert chunks_of(reader, preparer, FIRST)
     os.kill(reader.proc.pid, signal.SIGKILL)  # between two days
     reader.proc.wait()
     with pytest.raises(SourceError, match=r"the reader process stopped \(exit code -9\)"):
-        list(reader.read_tuples(FIRST, COLUMNS))
-    assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)  # a new child
+        list(reader.read_rows(FIRST, preparer))
+    assert chunks_of(reader, preparer, FIRST) == chunks_of(source, preparer, FIRST)  # a new child
 
 
-def test_a_day_left_half_read_does_not_leak_into_the_next(source, reader):
-    chunks = reader.read_tuples(FIRST, COLUMNS)
+def test_a_day_left_half_read_does_not_leak_into_the_next(source, reader, preparer):
+    chunks = reader.read_rows(FIRST, preparer)
     next(chunks)
     chunks.close()  # the engine stopped in the middle of the day
-    assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
+    assert chunks_of(reader, preparer, FIRST) == chunks_of(source, preparer, FIRST)
 
 
-def test_a_stream_left_open_neither_mixes_with_the_next_nor_stops_it(source, reader):
-    left = reader.read_tuples(FIRST, COLUMNS)
+def test_a_stream_left_open_neither_mixes_with_the_next_nor_stops_it(source, reader, preparer):
+    left = reader.read_rows(FIRST, preparer)
     next(left)  # not closed: the caller still holds it
-    assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
+    assert chunks_of(reader, preparer, FIRST) == chunks_of(source, preparer, FIRST)
     pid = reader.proc.pid
     left.close()  # late: the reader has moved on
-    assert chunks_of(reader, FIRST) == chunks_of(source, FIRST)
+    assert chunks_of(reader, preparer, FIRST) == chunks_of(source, preparer, FIRST)
     assert reader.proc.pid == pid
 
 
@@ -154,9 +180,10 @@ def test_a_child_that_dies_in_the_middle_of_a_day(tmp_path, fast_sandbox):
         warehouse.fill(30_000, days=1, end=END)
         day = END - timedelta(days=1)
         path = write_pipeline(tmp_path / "p.yaml", warehouse, fast_sandbox.url, day.isoformat())
-        reader = ReaderProcess(load_pipeline(path))
+        config = load_pipeline(path)
+        reader = ReaderProcess(config)
         try:
-            chunks = reader.read_tuples(day, COLUMNS)
+            chunks = reader.read_rows(day, resolve_destination(config, DESTINATION).preparer())
             next(chunks)
             os.kill(reader.proc.pid, signal.SIGKILL)
             with pytest.raises(SourceError, match=r"the reader process stopped \(exit code -9\)"):

@@ -11,6 +11,7 @@ from etl.config import DestinationConfig, SourceConfig
 from etl.destination import Destination
 from etl.errors import FatalDeliveryError, RetriesExhaustedError
 from etl.events import Event, Filtered, Rejected
+from etl.prepare import encode_outcomes
 from etl.sender import Sender
 from etl.vendors.fuul import Fuul, FuulOptions
 from tests.fakes import FakeClock
@@ -24,17 +25,23 @@ def event(n: int, name: str = "played") -> Event:
     )
 
 
+FUUL = Fuul(FuulOptions())
+
+
+def rows(outcomes, max_bytes=None):
+    return encode_outcomes("dest", FUUL, max_bytes, outcomes)
+
+
 def test_batches_close_at_the_count_and_keep_every_row():
-    batcher = Batcher(Fuul(FuulOptions()), max_events=3, max_bytes=None, first_seq=5)
-    closed = []
-    for n in range(8):
-        outcome = Filtered(("t", n), str(n)) if n % 4 == 3 else event(n)
-        closed += batcher.add(outcome)
+    batcher = Batcher(max_events=3, max_bytes=None, first_seq=5)
+    outcomes = [Filtered(("t", n), str(n)) if n % 4 == 3 else event(n) for n in range(8)]
+    closed = batcher.add_rows(rows(outcomes[:5])) + batcher.add_rows(rows(outcomes[5:]))
     last = batcher.flush()
     assert last is not None
     batches = [*closed, last]
     assert [b.seq for b in batches] == [5, 6, 7]
-    assert [len(b.events) for b in batches] == [3, 3, 0]
+    assert [b.size for b in batches] == [3, 3, 0]
+    assert [b.keys for b in batches] == [["0", "1", "2"], ["4", "5", "6"], []]
     assert sum(b.rows_read for b in batches) == 8
     assert sum(b.filtered for b in batches) == 2
     assert [(b.first, b.last) for b in batches] == [
@@ -44,31 +51,46 @@ def test_batches_close_at_the_count_and_keep_every_row():
     ]
 
 
+def test_a_batch_goes_on_into_the_next_partition():
+    batcher = Batcher(max_events=4, max_bytes=None)
+    batcher.start_partition("2024-01-01", 7)
+    closed = batcher.add_rows(rows([event(n) for n in range(5)]))
+    batcher.start_partition("2024-01-02", 1)
+    closed += batcher.add_rows(rows([event(n) for n in range(5, 8)]))
+    assert [b.size for b in closed] == [4, 4]
+    assert [(s.partition, s.seq, s.start, s.end) for s in closed[1].slices] == [
+        ("2024-01-01", 8, 0, 1),
+        ("2024-01-02", 1, 1, 4),
+    ]
+    assert batcher.flush() is None
+
+
 def test_batches_close_before_the_byte_limit():
-    vendor = Fuul(FuulOptions())
-    size = len(json.dumps(vendor.encode(event(0)), separators=(",", ":")))
-    batcher = Batcher(vendor, max_events=100, max_bytes=2 * size + 3, first_seq=1)
-    closed = []
-    for n in range(5):
-        closed += batcher.add(event(n))
-    assert [len(b.events) for b in closed] == [2, 2]
+    size = len(json.dumps(FUUL.encode(event(0)), separators=(",", ":")))
+    batcher = Batcher(max_events=100, max_bytes=2 * size + 3, first_seq=1)
+    closed = batcher.add_rows(rows([event(n) for n in range(5)], 2 * size + 3))
+    assert [b.size for b in closed] == [2, 2]
     for b in closed:
-        assert len(vendor.body(b.encoded)) <= 2 * size + 3
+        assert len(FUUL.body(b.encoded)) <= 2 * size + 3
+    # the room left is counted with the commas: a third event never squeezes in
+    batcher = Batcher(max_events=100, max_bytes=2 * size + 2, first_seq=1)
+    closed = batcher.add_rows(rows([event(n) for n in range(4)], 2 * size + 2))
+    assert [b.size for b in closed] == [1, 1, 1]
 
 
 def test_an_event_over_the_byte_limit_alone_is_rejected():
-    batcher = Batcher(Fuul(FuulOptions()), max_events=100, max_bytes=50, first_seq=1)
-    assert batcher.add(event(1)) == []
+    batcher = Batcher(max_events=100, max_bytes=50, first_seq=1)
+    assert batcher.add_rows(rows([event(1)], max_bytes=50)) == []
     batch = batcher.flush()
-    assert batch is not None and not batch.events
+    assert batch is not None and not batch.size
     assert "over fuul's request limit of 50 bytes" in batch.rejected[0].reason
+    assert batch.rejected[0].payload["name"] == "played"
 
 
 def test_rows_without_events_still_close_batches():
-    batcher = Batcher(Fuul(FuulOptions()), max_events=100, max_bytes=None, first_seq=1, max_rows=10)
-    closed = []
-    for n in range(25):
-        closed += batcher.add(Rejected(("t", n), str(n), f"id{n}", "bad", {}))
+    batcher = Batcher(max_events=100, max_bytes=None, first_seq=1, max_rows=10)
+    rejected = [Rejected(("t", n), str(n), f"id{n}", "bad", {}) for n in range(25)]
+    closed = batcher.add_rows(rows(rejected))
     assert [len(b.rejected) for b in closed] == [10, 10]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -16,7 +17,9 @@ def decoded(values: dict) -> LogSlice:
 
 def test_a_slice_reads_back_as_written():
     keys = ["1", 'k"2', "é", "4"]
-    row = log_row("dest", "2026-11-03", 7, keys, "dxfd", [1, 2**32 - 1, 0, 5], {3: 2}, AT)
+    row = log_row(
+        "dest", "2026-11-03", 7, json.dumps(keys), "dxfd", [1, 2**32 - 1, 0, 5], {3: 2}, AT
+    )
     s = decoded(row)
     entries = dict(s.entries())
     assert list(entries) == keys
@@ -33,7 +36,7 @@ def test_a_slice_reads_back_as_written():
 
 
 def test_changes_are_kept_in_place():
-    s = decoded(log_row("dest", "2026-11-03", 1, ["a", "b", "c"], "ddd", [1, 2, 3], {}, AT))
+    s = decoded(log_row("dest", "2026-11-03", 1, '["a", "b", "c"]', "ddd", [1, 2, 3], {}, AT))
     s.gone[0] = ("2026-11-05T00:00:00", "deleted")
     s.gone[2] = ("2026-11-05T00:00:00", "moved")
     s.hashes[1] = 99

@@ -145,3 +145,39 @@ def test_registry_shares_a_bucket_per_endpoint_and_credential():
     assert registry.get("http://x/events", "key1", lambda: TokenBucket(1)) is a
     assert registry.get("http://x/events", "key2", lambda: TokenBucket(1)) is not a
     assert registry.get("http://x/other", "key1", lambda: TokenBucket(1)) is not a
+
+
+def test_a_strict_bucket_keeps_requests_a_spacing_apart_as_they_leave():
+    """Against a vendor whose bucket banks nothing: a request that left late does not let the
+    next one leave on its own schedule, closer than the spacing; the second request of a run
+    waits one spacing more (the first one opened the connection)."""
+    clock = FakeClock()
+    calls = itertools.count()
+
+    def late_sleep(seconds: float) -> None:
+        clock.sleep(seconds + (0.03 if next(calls) % 4 == 1 else 0.0))
+
+    spacing = 1 / 20 * 1.02 + 0.002
+    unguarded = 0.0
+    for guard, expected_min in ((0.0, None), (spacing, spacing)):
+        bucket = TokenBucket(20 * 0.98, 1, clock, late_sleep, spacing=guard)
+        left = []
+        for _ in range(30):
+            bucket.acquire()
+            left.append(clock())
+        gaps = [b - a for a, b in itertools.pairwise(left)]
+        if expected_min is None:
+            assert min(gaps) < 1 / 20  # unguarded: after a late one, the next is too close
+            unguarded = left[-1] - left[0]
+        else:
+            assert min(gaps) >= expected_min - 1e-9
+            assert gaps[0] >= 2 * spacing - 1e-9
+            assert left[-1] - left[0] < unguarded * 1.25  # its price: the spacing, not more
+
+
+def test_spacing_is_for_strict_limits_only():
+    from etl.config import RateLimit
+
+    assert RateLimit(requests=20, per_seconds=1).spacing == 0.0
+    strict = RateLimit(requests=20, per_seconds=1, strict=True)
+    assert strict.spacing == pytest.approx(0.05 * 1.02 + 0.002)
