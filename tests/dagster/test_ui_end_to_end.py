@@ -4,6 +4,7 @@ GraphQL as the UI does, its runs, the sandbox's record, and the asset page in he
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,9 @@ import pytest
 import requests
 
 from dagster_project.demo import prepare_home
+from etl.loader import load_pipeline
 from etl.sandbox import SANDBOX_CREDENTIALS, SandboxServer, start_sandbox
+from etl.state import existing_store
 from tests.conftest import FAST, warehouse_of, write_pipeline
 from tests.dagster.conftest import FIRST
 from tests.integration.scenario import RECENT_END
@@ -52,9 +55,10 @@ def free_port() -> int:
 
 
 class Ui:
-    def __init__(self, url: str, sandbox: SandboxServer) -> None:
+    def __init__(self, url: str, sandbox: SandboxServer, pipeline: Path) -> None:
         self.url = url
         self.sandbox = sandbox
+        self.pipeline = pipeline
 
     def graphql(self, query: str, **variables: object) -> dict:
         response = requests.post(
@@ -102,7 +106,7 @@ def dagster_dev(tmp: Path, latency_ms: float = 0) -> Iterator[tuple[Ui, Path]]:
                 assert proc.poll() is None, (tmp / "dagster-dev.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "dagster dev did not start"
                 time.sleep(0.5)
-            yield Ui(url, sandbox), home
+            yield Ui(url, sandbox, pipeline), home
         finally:
             os.killpg(proc.pid, 15)
             try:
@@ -119,6 +123,17 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
         yield found
 
 
+def wait_for(ui: Ui, backfill: str) -> str | None:
+    deadline = time.monotonic() + 240
+    status = None
+    while time.monotonic() < deadline:
+        status = ui.graphql(BACKFILL, id=backfill)["partitionBackfillOrError"]["status"]
+        if status not in ("REQUESTED", "CANCELING", "FAILING"):
+            break
+        time.sleep(1)
+    return status
+
+
 def test_backfill_launched_through_graphql(ui: Ui):
     days = [(FIRST + timedelta(days=i)).isoformat() for i in range(3)]
     params = {
@@ -129,13 +144,7 @@ def test_backfill_launched_through_graphql(ui: Ui):
     launched = ui.graphql(LAUNCH, params=params)["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     backfill = launched["backfillId"]
-    deadline = time.monotonic() + 240
-    status = None
-    while time.monotonic() < deadline:
-        status = ui.graphql(BACKFILL, id=backfill)["partitionBackfillOrError"]["status"]
-        if status not in ("REQUESTED", "CANCELING", "FAILING"):
-            break
-        time.sleep(1)
+    status = wait_for(ui, backfill)
     assert status in ("COMPLETED", "COMPLETED_SUCCESS"), status
     runs = ui.graphql(RUNS, id=backfill)["runsOrError"]["results"]
     assert runs and {r["status"] for r in runs} == {"SUCCESS"}
@@ -145,24 +154,54 @@ def test_backfill_launched_through_graphql(ui: Ui):
     assert len({e["dedup_id"] for e in stored}) == len(stored)
 
 
-def test_asset_page_in_headless_chromium(ui: Ui, tmp_path: Path):
+def chromium() -> str:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
         pytest.skip("chromium is not installed here (apt-get install chromium)")
+    return browser
+
+
+def page_text(browser: str, url: str, profile: Path) -> str:
+    """The page's text as headless Chromium renders it, its elements' texts joined by '|'."""
     flags = [
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom",
+        f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom",
     ]  # fmt: skip
-    page = subprocess.run(
-        [browser, *flags, f"{ui.url}/assets/fuul_rewards?view=partitions"],
-        capture_output=True, text=True, timeout=120,
-    ).stdout  # fmt: skip
-    assert "fuul_rewards" in page
-    assert "Partitions" in page or "partitions" in page
-    catalog = subprocess.run(
-        [browser, *flags, f"{ui.url}/assets"], capture_output=True, text=True, timeout=120
-    ).stdout
+    dom = subprocess.run([browser, *flags, url], capture_output=True, text=True, timeout=120).stdout
+    dom = re.sub(r"<(style|script)\b.*?</\1>", "", dom, flags=re.S)
+    return re.sub(r"\|+", "|", re.sub(r"<[^>]+>", "|", dom))
+
+
+def test_partitions_in_headless_chromium(ui: Ui, tmp_path: Path):
+    """Each day's page shows that day's numbers from the state tables; a day whose run failed
+    is shown failed, not materialized."""
+    browser = chromium()
+    days = [(FIRST + timedelta(days=i)).isoformat() for i in range(4)]
+    ui.sandbox.sandbox.set_faults("fuul", answer_status=404, answer_body="<html>")
+    params = {"partitionNames": days[3:], "assetSelection": [{"path": ["fuul_rewards"]}]}
+    launched = ui.graphql(LAUNCH, params={**params, "title": "broken"})["launchPartitionBackfill"]
+    assert wait_for(ui, launched["backfillId"]) == "COMPLETED_FAILED"
+    ui.sandbox.sandbox.set_faults("fuul", answer_status=0)
+    store = existing_store(load_pipeline(ui.pipeline))
+    assert store is not None
+    try:
+        cps = {cp.partition: cp for cp in store.checkpoints_of("fuul_rewards")}
+    finally:
+        store.close()
+    for day in days[:3]:
+        page = page_text(
+            browser, f"{ui.url}/assets/fuul_rewards?view=partitions&partition={day}", tmp_path
+        )
+        cp = cps[day]
+        for name in ("rows_read", "delivered", "dead_letters", "filtered", "in_doubt"):
+            assert f"|{name}|{getattr(cp, name):,}|" in page, (day, name, page[:3000])
+    page = page_text(
+        browser, f"{ui.url}/assets/fuul_rewards?view=partitions&partition={days[3]}", tmp_path
+    )
+    assert "Failed (1)" in page and "Materialized (3)" in page, page[:3000]
+    assert "failed, and did not materialize this asset" in page
+    catalog = page_text(browser, f"{ui.url}/assets", tmp_path)
     assert "fuul_rewards" in catalog and "user_actions" in catalog
