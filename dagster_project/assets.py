@@ -186,10 +186,14 @@ def destination_asset(
             [report] = run.destinations
         except BaseException:
             # interrupted (terminated from the UI) or failed: the days it completed still count
-            events, _ = partition_events(
-                context, name, days, before, checkpoints(run_config, name), None,
-                settings.dead_letter_warn_rate,
-            )  # fmt: skip
+            try:
+                events, _ = partition_events(
+                    context, name, days, before, checkpoints(run_config, name), None,
+                    settings.dead_letter_warn_rate,
+                )  # fmt: skip
+            except Exception as exc:  # the state database too: the first error is the one
+                context.log.error(f"{name}: the completed days could not be reported: {exc}")
+                events = []
             yield from events
             raise
         events, failed = partition_events(

@@ -19,7 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from etl.destination import Destination
-from etl.errors import DeliveryError, EtlError
+from etl.errors import DeliveryError, EtlError, LeaseHeldError
 from etl.events import Batch, SendResult
 from etl.partition import (
     DestinationContext,
@@ -119,6 +119,7 @@ class DestinationRun:
             cp = checkpoints.get(day.isoformat())
             task = plan_task(ctx, day, cp) if cp is not None else None
             if task is not None and task.mode == "recheck":
+                task.beside_range = True
                 self.queue.append(task)
         for day in days:
             cp = None if restart else checkpoints.get(day.isoformat())
@@ -129,7 +130,9 @@ class DestinationRun:
                 )
             self.queue.append(plan_task(ctx, day, cp))
         if store is not None:  # rows without a readable timestamp: dead letters
-            self.queue.append(plan_task(ctx, None, checkpoints.get(UNDATED)))
+            undated = plan_task(ctx, None, checkpoints.get(UNDATED))
+            undated.beside_range = True
+            self.queue.append(undated)
         for task in [t for t in self.queue if t.mode == "skip"]:
             self.queue.remove(task)
         self._start_reading(days)
@@ -161,7 +164,13 @@ class DestinationRun:
         """Read, map and hand to the sink the partition's new rows."""
         run, ctx, store = self.run, self.ctx, self.run.store
         if run.leases is not None:
-            run.leases.acquire(ctx.name, task.key)
+            try:
+                run.leases.acquire(ctx.name, task.key)
+            except LeaseHeldError as exc:
+                if not task.beside_range:
+                    raise
+                run.say(f"{ctx.name}: {exc}: left to that run")  # outside the range asked
+                return
         open_task(ctx, task, run.options.restart and task.mode == "new")
         self.tasks[task.key] = task
         self.batcher.start_partition(task.key, store.next_seq(ctx.name, task.key) if store else 1)

@@ -78,6 +78,7 @@ class PartitionTask:
     pending: int = 0  # slices handed to the sink, not yet committed
     read_done: bool = False
     rechecked: bool = False  # a re-check was queued after a count that did not match
+    beside_range: bool = False  # undated or a lookback day: left to a run that holds it
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:

@@ -300,3 +300,24 @@ def test_a_failed_run_is_posted_to_the_webhook(pipeline: Path, sandbox, monkeypa
     assert first["in_doubt"] == 0 and "404" in first["reason"]
     assert first["text"].startswith(f"etl run {result.run_id[:8]} failed: {DESTINATION}")
     assert os.environ["FUUL_API_KEY"] not in json.dumps(hook.posted)
+
+
+def test_an_interrupted_run_still_reports_the_days_it_completed(
+    pipeline: Path, sandbox, monkeypatch
+):
+    """Terminated from the UI after the days were committed (the interruption comes out of
+    run_backfill, as Dagster raises it in the step): those days are materialized all the same."""
+    import dagster_project.assets as assets
+
+    real = assets.run_backfill
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)
+        raise dg.DagsterExecutionInterruptedError("terminated")
+
+    monkeypatch.setattr(assets, "run_backfill", interrupted)
+    result = materialize(pipeline)
+    assert not result.success
+    days = [(FIRST + timedelta(days=i)).isoformat() for i in range(4)]
+    done = sorted(m.partition for m in result.asset_materializations_for_node("fuul_rewards"))
+    assert done == days

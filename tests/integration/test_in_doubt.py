@@ -10,13 +10,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from requests.structures import CaseInsensitiveDict
 
+from etl.loader import load_pipeline
 from etl.sandbox import start_sandbox
+from etl.state import open_store
 from etl.state.ledger import unknown_counts
 from tests.conftest import DESTINATION, warehouse_of
 from tests.integration.scenario import (
@@ -31,8 +34,8 @@ from tests.integration.scenario import (
 pytestmark = pytest.mark.slow
 
 
-def start_run(path: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "etl.app", "run", "-c", str(path), "--no-progress"]
+def start_run(path: Path, *args: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "etl.app", "run", "-c", str(path), "--no-progress", *args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -173,6 +176,37 @@ def test_two_runs_of_one_destination_at_once(tmp_path):
             )
             assert "another run is sending it (host" in refused and "pid" in refused
             final = start_run(path)
+            output = final.communicate(timeout=120)[0].decode()
+            assert final.returncode == 0, output
+            extra, in_doubt = assert_delivered(path, server, "thrivestack")
+            assert extra == 0 and in_doubt == 0
+    finally:
+        server.stop()
+
+
+def test_a_partition_beside_the_range_held_by_another_run_is_left_to_it(tmp_path):
+    """Runs of other days at once (the bench's four processes): the undated partition, which
+    every run also sends, is held by another run; this run sends its own day and leaves the
+    undated rows to that run, saying so; the next run sends them."""
+    server = start_sandbox(time_scale=600)
+    try:
+        with warehouse_of("sqlite", tmp_path) as warehouse:
+            path = setup(
+                tmp_path, warehouse, server, rows=600, vendor="thrivestack", end=RECENT_END,
+                rate_limit={"requests": 100, "per_seconds": 1},
+            )  # fmt: skip
+            store = open_store(load_pipeline(path))
+            store.leases.acquire(DESTINATION, "undated")  # another run, alive, holds it
+            day = (load_pipeline(path).start_date + timedelta(days=1)).isoformat()
+            run = start_run(path, "--from", day, "--to", day)
+            output = run.communicate(timeout=120)[0].decode()
+            assert run.returncode == 0, output
+            assert "undated: another run is sending it" in output and "left to that run" in output
+            statuses = {cp.partition: cp.status for cp in store.checkpoints_of(DESTINATION)}
+            assert statuses[day] == "complete" and "undated" not in statuses
+            store.leases.release(DESTINATION, "undated")
+            store.close()
+            final = start_run(path)  # the remaining days and the undated rows
             output = final.communicate(timeout=120)[0].decode()
             assert final.returncode == 0, output
             extra, in_doubt = assert_delivered(path, server, "thrivestack")
