@@ -119,7 +119,7 @@ def partition_events(
     changed = {p for p, cp in after.items() if before.get(p) != cp and p != UNDATED}
     events: list[Event] = []
     failed: list[str] = []
-    for day in sorted(set(days) | (changed - set(days))):
+    for day in sorted(set(days) | changed):
         cp = after.get(day)
         problem = failure(cp)
         if problem is not None:
@@ -129,8 +129,7 @@ def partition_events(
         ):
             metadata = partition_metadata(name, cp, reports.get(day))
             events.append(dg.AssetMaterialization(name, partition=day, metadata=metadata))
-        if day in days or day in changed:
-            events.extend(evaluations(name, day, cp, dead_letter_warn_rate))
+        events.extend(evaluations(name, day, cp, dead_letter_warn_rate))
     return events, failed
 
 
