@@ -81,8 +81,23 @@ def test_sigkill_at_several_points_then_resume(
         _crash_and_resume(tmp_path, warehouse, vendor, reader)
 
 
-def _crash_and_resume(tmp_path: Path, warehouse: Warehouse, vendor: str, reader: bool) -> None:
-    sizes = SIZES[vendor]
+def test_sigkill_with_batches_that_span_days(tmp_path: Path):
+    """Batches of 300 events over days of about 375 rows: most requests carry the end of one
+    day and the start of the next, so the kills land with such batches in flight; the same
+    checks hold, per partition (assert_delivered), for a vendor without dedup."""
+    with warehouse_of("sqlite", tmp_path) as warehouse:
+        _crash_and_resume(tmp_path, warehouse, "thrivestack", False, {"batch_size": 300})
+
+
+def _crash_and_resume(
+    tmp_path: Path,
+    warehouse: Warehouse,
+    vendor: str,
+    reader: bool,
+    sizes: dict[str, int] | None = None,
+) -> None:
+    spans_days = sizes is not None
+    sizes = SIZES[vendor] if sizes is None else sizes
     server = start_sandbox(time_scale=600)
     server.sandbox.set_faults(vendor, latency_ms=15, lose_rate=0.03)
     try:
@@ -104,6 +119,8 @@ def _crash_and_resume(tmp_path: Path, warehouse: Warehouse, vendor: str, reader:
             assert proc.returncode == -signal.SIGKILL
         statuses = _ledger_statuses(store_of(path))
         assert {"sent", "in_doubt"} & set(statuses), "no kill landed with a batch in flight"
+        if spans_days:
+            assert _spanning_in_flight(store_of(path)), "no kill landed with a batch of two days"
         final = start_run(path)
         output = final.communicate(timeout=120)[0].decode()
         assert final.returncode == 0, output
@@ -123,3 +140,18 @@ def _ledger_statuses(store) -> list[str]:
 
     with store.engine.connect() as conn:
         return [r[0] for r in conn.execute(sa.select(store.batches.c.status))]
+
+
+def _spanning_in_flight(store) -> bool:
+    """A batch left sent or in doubt by a kill whose slices are in two partitions or more."""
+    import sqlalchemy as sa
+
+    b = store.batches.c
+    stmt = (
+        sa.select(b.batch_id)
+        .where(b.status.in_(("sent", "in_doubt")))
+        .group_by(b.batch_id)
+        .having(sa.func.count(sa.distinct(b.partition)) > 1)
+    )
+    with store.engine.connect() as conn:
+        return conn.execute(stmt).first() is not None
