@@ -66,6 +66,11 @@ class Destination:
         return self.rate.per_second * self.events_per_request
 
     @property
+    def paced(self) -> bool:
+        """The rate limit binds (under 1,000 requests a second): requests must leave on time."""
+        return self.rate.per_second < 1000
+
+    @property
     def credential_hint(self) -> str:
         """Where the user finds the credential to check (never the credential itself)."""
         refs = ", ".join(self.config.credentials.values())

@@ -40,7 +40,7 @@ class ProgressLog:
         rate = destination.rate
         self.paced = (
             f"; paced by the limit of {rate.requests:g} requests per {rate.per_seconds:g} s"
-            if rate.per_second < 1000
+            if destination.paced
             else ""
         )
 

@@ -66,7 +66,7 @@ def run_backfill(
         credentials = {}
         if not options.dry_run:
             credentials = {d.name: resolve_credentials(d.name, d.config) for d in resolved}
-    paced = any(d.rate.per_second < 1000 for d in resolved)
+    paced = any(d.paced for d in resolved)
     opened = RunContext.open(config, options, timing, log, warn or log, stop)
     with opened as run, tuned_interpreter(paced):
         # counted while the run sends: one pass over the table, mostly in the database

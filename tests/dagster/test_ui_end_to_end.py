@@ -70,6 +70,20 @@ class Ui:
         return body["data"]
 
 
+def wait_for_webserver(url: str, proc: subprocess.Popen, log: Path) -> None:
+    """Until the Dagster webserver at ``url`` answers (its process must not end first)."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if requests.get(f"{url}/server_info", timeout=2).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the Dagster webserver did not start"
+        time.sleep(0.5)
+
+
 @contextmanager
 def dagster_dev(tmp: Path, latency_ms: float = 0) -> Iterator[tuple[Ui, Path]]:
     """`dagster dev` (webserver and daemon) on a pipeline of four days and the sandbox."""
@@ -96,16 +110,7 @@ def dagster_dev(tmp: Path, latency_ms: float = 0) -> Iterator[tuple[Ui, Path]]:
         )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if requests.get(f"{url}/server_info", timeout=2).ok:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert proc.poll() is None, (tmp / "dagster-dev.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "dagster dev did not start"
-                time.sleep(0.5)
+            wait_for_webserver(url, proc, tmp / "dagster-dev.log")
             yield Ui(url, sandbox, pipeline), home
         finally:
             os.killpg(proc.pid, 15)

@@ -39,6 +39,21 @@ def start_run(path: Path, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def thrivestack_pipeline(tmp_path: Path, warehouse, server, rows: int, **dest) -> Path:
+    """A ThriveStack pipeline (no dedup) over recent days, 100 requests/s unless told."""
+    dest.setdefault("rate_limit", {"requests": 100, "per_seconds": 1})
+    return setup(tmp_path, warehouse, server, rows=rows, vendor="thrivestack", end=RECENT_END,
+                 **dest)  # fmt: skip
+
+
+def run_to_the_end(path: Path, server, timeout: float = 120) -> tuple[int, int]:
+    """A last run that must succeed; then (extra copies, in doubt) of assert_delivered."""
+    final = start_run(path)
+    output = final.communicate(timeout=timeout)[0].decode()
+    assert final.returncode == 0, output
+    return assert_delivered(path, server, "thrivestack")
+
+
 def wait_until(condition, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -96,9 +111,9 @@ def test_in_doubt_bounds_extra_copies_on_every_day_in_a_crash_loop(tmp_path):
     server.sandbox.set_faults("thrivestack", latency_ms=300)
     try:
         with warehouse_of("sqlite", tmp_path) as warehouse:
-            path = setup(
-                tmp_path, warehouse, server, rows=1200, vendor="thrivestack", end=RECENT_END,
-                max_in_flight=4, batch_size=20, rate_limit={"requests": 200, "per_seconds": 1},
+            path = thrivestack_pipeline(
+                tmp_path, warehouse, server, 1200, max_in_flight=4, batch_size=20,
+                rate_limit={"requests": 200, "per_seconds": 1},
             )  # fmt: skip
             total = sum(expected_payloads(path).values())
             for _kill in range(10):
@@ -115,10 +130,7 @@ def test_in_doubt_bounds_extra_copies_on_every_day_in_a_crash_loop(tmp_path):
                 proc.communicate(timeout=30)
                 if len(server.sandbox.records["thrivestack"]) >= total:
                     break
-            final = start_run(path)
-            output = final.communicate(timeout=180)[0].decode()
-            assert final.returncode == 0, output
-            extra, _ = assert_delivered(path, server, "thrivestack")
+            extra, _ = run_to_the_end(path, server, timeout=180)
             assert extra > 0  # the kills landed with answers still out
             for day, (copies, doubt, unknown) in per_day_bounds(
                 path, server, "thrivestack"
@@ -135,10 +147,9 @@ def test_ctrl_c_commits_the_answers_still_out(tmp_path):
     server.sandbox.set_faults("thrivestack", latency_ms=1500)
     try:
         with warehouse_of("sqlite", tmp_path) as warehouse:
-            path = setup(
-                tmp_path, warehouse, server, rows=600, vendor="thrivestack", end=RECENT_END,
-                max_in_flight=3, batch_size=20, rate_limit={"requests": 100, "per_seconds": 1},
-            )  # fmt: skip
+            path = thrivestack_pipeline(
+                tmp_path, warehouse, server, 600, max_in_flight=3, batch_size=20
+            )
             proc = start_run(path)
             wait_until(lambda: server.sandbox.open["thrivestack"] >= 3, proc)
             proc.send_signal(signal.SIGINT)
@@ -148,10 +159,7 @@ def test_ctrl_c_commits_the_answers_still_out(tmp_path):
             assert "events of requests still unanswered are in doubt" in output
             statuses = {cp.status for cp in store_of(path).checkpoints_of(DESTINATION)}
             assert "interrupted" in statuses
-            final = start_run(path)
-            output = final.communicate(timeout=120)[0].decode()
-            assert final.returncode == 0, output
-            extra, in_doubt = assert_delivered(path, server, "thrivestack")
+            extra, in_doubt = run_to_the_end(path, server)
             assert extra == 0 and in_doubt == 0  # every answer that came back was committed
     finally:
         server.stop()
@@ -163,10 +171,9 @@ def test_two_runs_of_one_destination_at_once(tmp_path):
     server.sandbox.set_faults("thrivestack", latency_ms=200)
     try:
         with warehouse_of("sqlite", tmp_path) as warehouse:
-            path = setup(
-                tmp_path, warehouse, server, rows=600, vendor="thrivestack", end=RECENT_END,
-                max_in_flight=2, batch_size=20, rate_limit={"requests": 100, "per_seconds": 1},
-            )  # fmt: skip
+            path = thrivestack_pipeline(
+                tmp_path, warehouse, server, 600, max_in_flight=2, batch_size=20
+            )
             first, second = start_run(path), start_run(path)
             outputs = [p.communicate(timeout=120)[0].decode() for p in (first, second)]
             codes = sorted(p.returncode for p in (first, second))
@@ -175,10 +182,7 @@ def test_two_runs_of_one_destination_at_once(tmp_path):
                 o for o, p in zip(outputs, (first, second), strict=True) if p.returncode == 1
             )
             assert "another run is sending it (host" in refused and "pid" in refused
-            final = start_run(path)
-            output = final.communicate(timeout=120)[0].decode()
-            assert final.returncode == 0, output
-            extra, in_doubt = assert_delivered(path, server, "thrivestack")
+            extra, in_doubt = run_to_the_end(path, server)
             assert extra == 0 and in_doubt == 0
     finally:
         server.stop()
@@ -191,10 +195,7 @@ def test_a_partition_beside_the_range_held_by_another_run_is_left_to_it(tmp_path
     server = start_sandbox(time_scale=600)
     try:
         with warehouse_of("sqlite", tmp_path) as warehouse:
-            path = setup(
-                tmp_path, warehouse, server, rows=600, vendor="thrivestack", end=RECENT_END,
-                rate_limit={"requests": 100, "per_seconds": 1},
-            )  # fmt: skip
+            path = thrivestack_pipeline(tmp_path, warehouse, server, 600)
             store = open_store(load_pipeline(path))
             store.leases.acquire(DESTINATION, "undated")  # another run, alive, holds it
             day = (load_pipeline(path).start_date + timedelta(days=1)).isoformat()
@@ -206,10 +207,8 @@ def test_a_partition_beside_the_range_held_by_another_run_is_left_to_it(tmp_path
             assert statuses[day] == "complete" and "undated" not in statuses
             store.leases.release(DESTINATION, "undated")
             store.close()
-            final = start_run(path)  # the remaining days and the undated rows
-            output = final.communicate(timeout=120)[0].decode()
-            assert final.returncode == 0, output
-            extra, in_doubt = assert_delivered(path, server, "thrivestack")
+            # the remaining days and the undated rows
+            extra, in_doubt = run_to_the_end(path, server)
             assert extra == 0 and in_doubt == 0
     finally:
         server.stop()
@@ -233,10 +232,9 @@ def test_a_state_file_made_read_only_mid_run(tmp_path):
     server.sandbox.set_faults("thrivestack", latency_ms=100)
     try:
         with warehouse_of("sqlite", tmp_path) as warehouse:
-            path = setup(
-                tmp_path, warehouse, server, rows=1500, vendor="thrivestack", end=RECENT_END,
-                max_in_flight=2, batch_size=20, rate_limit={"requests": 100, "per_seconds": 1},
-            )  # fmt: skip
+            path = thrivestack_pipeline(
+                tmp_path, warehouse, server, 1500, max_in_flight=2, batch_size=20
+            )
             proc = start_run(path)
             wait_until(lambda: len(server.sandbox.records["thrivestack"]) >= 200, proc)
             files = list(tmp_path.glob("warehouse.db*"))
@@ -248,10 +246,7 @@ def test_a_state_file_made_read_only_mid_run(tmp_path):
             assert proc.returncode == 1, output
             assert "can no longer be written" in output and "is read-only" in output
             assert "Fatal Python error" not in output
-            final = start_run(path)
-            output = final.communicate(timeout=120)[0].decode()
-            assert final.returncode == 0, output
-            extra, in_doubt = assert_delivered(path, server, "thrivestack")
+            extra, in_doubt = run_to_the_end(path, server)
             assert extra <= in_doubt
     finally:
         server.stop()

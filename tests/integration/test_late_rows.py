@@ -83,6 +83,17 @@ def new_records(sandbox, vendor: str, before: int) -> list[dict]:
     return sandbox.sandbox.records[vendor][before:]
 
 
+def kill_when_stored(command: list[str], server, count: int, timeout: float = 60) -> None:
+    """Start ``command``; SIGKILL it once the sandbox holds ``count`` ThriveStack events."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while len(server.sandbox.records["thrivestack"]) < count:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
 @pytest.mark.parametrize("vendor", ["fuul", "torque", "thrivestack", "airship"])
 def test_late_rows_are_sent_once_and_nothing_else_again(tmp_path, sandbox, clock, vendor):
     with warehouse_of("sqlite", tmp_path) as warehouse:
@@ -169,13 +180,7 @@ def test_late_rows_after_a_kill_between_the_recheck_and_the_send(tmp_path):
             before = len(server.sandbox.records["thrivestack"])
             server.sandbox.set_faults("thrivestack", latency_ms=400)
             command = [sys.executable, "-m", "etl.app", "run", "-c", str(path), "--no-progress"]
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + 60
-            while len(server.sandbox.records["thrivestack"]) < before + 20:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.005)
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)
+            kill_when_stored(command, server, before + 20)
             server.sandbox.set_faults("thrivestack", latency_ms=0)
             final = subprocess.run(command, capture_output=True, text=True, timeout=120)
             assert final.returncode == 0, final.stdout + final.stderr
@@ -217,13 +222,7 @@ def test_a_replay_killed_midway_is_resumed(tmp_path):
                 "-d", DESTINATION,
             ]  # fmt: skip
             before = len(server.sandbox.records["thrivestack"])
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + 60
-            while len(server.sandbox.records["thrivestack"]) < before + 1:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.005)
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=30)
+            kill_when_stored(command, server, before + 1)
             server.sandbox.set_faults("thrivestack", latency_ms=0)
             report = replay_dead_letters(load_pipeline(path), DESTINATION)
             assert report.error is None
