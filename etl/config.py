@@ -38,47 +38,76 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SHARED_MARGIN = 0.02  # rate_limit.margin's default for a budget shared by processes
+
+
 class RateLimit(_Model):
     """At most ``requests`` per ``per_seconds``, evenly paced; ``burst`` requests may go at once.
 
-    The sender paces ``margin`` below the limit, so that latency jitter between the client and
-    the vendor never packs more than the limit into one of the vendor's windows.
+    The sender paces so that ``requests + 1`` requests always span the window plus
+    ``jitter_ms`` (or ``margin``, a share of the window, if that is more) as they leave: the jitter
+    between leaving and arriving then never packs more than the limit into one of the
+    vendor's windows, whether it counts them in a sliding window, a fixed one or a bucket.
+    An absolute slack costs a long window nothing (10 requests a minute: 0.003 %) and a short
+    one little (5 requests a second: 0.2 %), where a share of the window cost both 2 %. A
+    budget ``shared`` by processes keeps a share (2 % unless ``margin`` says otherwise): the
+    guard that holds a request back after a late one sees its own process's requests only.
     """
 
     requests: int = Field(gt=0)
     per_seconds: float = Field(gt=0)
     burst: int = Field(default=1, gt=0)
-    margin: float = Field(default=0.02, ge=0, lt=1)
+    margin: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="extra slack, as a share of the window (default 0; 0.02 when shared)",
+    )
+    jitter_ms: float = Field(
+        default=2.0,
+        ge=0,
+        description="slack for the jitter between a request leaving and arriving: added to "
+        "each window (and, when strict, to each interval)",
+    )
     strict: bool = Field(
         default=False,
         description="the vendor's bucket banks nothing: space requests as they really leave",
-    )
-    jitter_ms: float = Field(
-        default=2.0, ge=0, description="strict: an absolute margin added to that spacing"
     )
     shared: bool = Field(
         default=False, description="one budget for every process sending here (state database)"
     )
 
     @property
+    def share(self) -> float:
+        """The slack as a share of the window: ``margin``, or its default."""
+        if self.margin is not None:
+            return self.margin
+        return SHARED_MARGIN if self.shared else 0.0
+
+    @property
+    def window(self) -> float:
+        """The seconds that ``requests`` requests are spread over: the vendor's window with
+        its slack, the jitter or the share (paced at ``1 - margin`` of the limit), the larger."""
+        return max(self.per_seconds / (1 - self.share), self.per_seconds + self.jitter_ms / 1000)
+
+    @property
     def per_second(self) -> float:
-        return self.requests / self.per_seconds * (1 - self.margin)
+        return self.requests / self.window
 
     @property
     def guard_window(self) -> tuple[int, float]:
-        """No more than ``requests`` leave in this many seconds, measured when they leave: the
-        vendor's window widened by the margin (see etl.ratelimit)."""
-        return self.requests, self.per_seconds * (1 + self.margin)
+        """No more than ``requests`` leave in this many seconds, measured when they leave (see
+        etl.ratelimit)."""
+        return self.requests, self.window
 
     @property
     def spacing(self) -> float:
         """For a strict vendor (a token bucket that banks nothing), the seconds between two
-        requests as they really leave: the interval with its margin, plus an absolute margin
-        for the jitter between leaving and arriving (measured on loopback: 99 % of the gaps
-        within 1 ms of the interval, hence 2 ms). 0 otherwise."""
+        requests as they really leave: the interval with its margin, plus the jitter (measured
+        on loopback: 99 % of the gaps within 1 ms of the interval, hence 2 ms). 0 otherwise."""
         if not self.strict:
             return 0.0
-        return self.per_seconds / self.requests * (1 + self.margin) + self.jitter_ms / 1000
+        return self.per_seconds / self.requests / (1 - self.share) + self.jitter_ms / 1000
 
 
 class ArgSpec(_Model):

@@ -21,7 +21,6 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 
 from etl.database import TEXT_FUNCTION
 from etl.errors import ConfigError
@@ -246,6 +245,8 @@ def _postgres_text_to_epoch_us(
     """The grammar of :mod:`etl.timestamps` in PostgreSQL: a LATERAL subquery matches each value
     once against the ISO and the epoch patterns, and an expression turns the parts into UTC
     microseconds (NULL where no pattern matches or a part is out of range)."""
+    from sqlalchemy.dialects.postgresql import ARRAY  # 20 ms to import: PostgreSQL only
+
     trimmed = sa.func.btrim(sa.type_coerce(column, sa.String()), SPACES)
     iso = sa.func.regexp_match(trimmed, f"^{ISO_PATTERN}$", type_=ARRAY(sa.Text))
     epoch = sa.func.regexp_match(trimmed, f"^{EPOCH_PATTERN}$", type_=ARRAY(sa.Text))

@@ -27,6 +27,7 @@ import requests
 import yaml
 
 from etl.app.demo.data import create_warehouse
+from etl.app.options import BENCH_PARTS
 from etl.database import make_engine
 from etl.loader import load_pipeline
 from etl.sandbox import SANDBOX_CREDENTIALS
@@ -251,14 +252,11 @@ def _warehouse(directory: Path, rows: int, end: date) -> str:
     return url
 
 
-PARTS = ("local", "limited", "single", "resume", "shared", "small_days", "strict", "overhead")
-
-
 def run_bench(
     rows: int = 1_000_000,
     say: Callable[[str], None] = print,
     port: int = 0,
-    only: tuple[str, ...] = PARTS,
+    only: tuple[str, ...] = BENCH_PARTS,
 ) -> dict[str, Any]:
     """The measurements of the README's Performance section (``only`` some); the numbers."""
     end = datetime.now(UTC).date()
@@ -331,8 +329,8 @@ def _limited(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     # Fuul-like: 10 batch requests per window of 60 s / 60 = 1 s, 50 ms latency, 60+ windows.
-    # (Scaled to 0.5 s, the 2 % margin is 10 ms, and on this machine a request a run arrives
-    # later than that after it leaves: a 429 that 60 s windows, with their 1.2 s, never see.)
+    # (The slack of 2 ms a window is not scaled: against the 1 s window it is 60 times tighter
+    # than against Fuul's 60 s, so a late request shows here as a 429 that Fuul would not send.)
     scaled = Sandbox(time_scale=60, port=port)
     try:
         scaled.faults("fuul", latency_ms=50)
@@ -505,7 +503,7 @@ def _shared(
 ) -> dict[str, Any]:
     """Four `etl run` processes, one day each, share one Fuul-like limit (rate_limit.shared):
     10 requests per 1 s window (60 s / 60), 100-event batches, the state in SQLite, the default
-    margin (2 %: paced at 98 % of the limit)."""
+    margin of a shared budget (2 %: paced at 98 % of the limit)."""
     requests_, window = 10, 1.0
     sandbox = Sandbox(time_scale=60 / window, port=port)
     try:

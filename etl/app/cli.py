@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import faulthandler
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 import click
@@ -77,4 +80,31 @@ for command in (
 
 def main() -> None:
     faulthandler.enable()  # a crash in C code says where, instead of dying without a word
-    cli(prog_name="etl")
+    try:
+        cli(prog_name="etl")
+    except SystemExit as done:
+        _exit(done)
+
+
+def _exit(done: SystemExit) -> None:
+    """Leave without the interpreter's teardown, which frees every module and object one by one
+    (0.1-0.2 s after a run: 2 % of a ten-second paced run), once what a
+    normal exit does that matters is done: the atexit handlers (temporary directories,
+    ``weakref.finalize``), logging's flush, stdout and stderr. While another non-daemon thread
+    lives, the exit is the normal one (which waits for it)."""
+    if any(
+        t.is_alive() and not t.daemon
+        for t in threading.enumerate()
+        if t is not threading.main_thread()
+    ):
+        raise done
+    code = done.code
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code or 0)

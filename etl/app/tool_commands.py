@@ -8,10 +8,8 @@ from pathlib import Path
 
 import click
 
-from etl.app.bench import PARTS
-from etl.app.options import demo_dir_option
+from etl.app.options import BENCH_PARTS, demo_dir_option
 from etl.app.output import print_summary
-from etl.sandbox import Sandbox, SandboxServer
 
 
 @click.command()
@@ -50,6 +48,8 @@ def sandbox(
     latency_ms: float,
 ) -> None:
     """Serve the sandbox vendors on loopback until interrupted."""
+    from etl.sandbox import Sandbox, SandboxServer  # not imported by the other commands
+
     triggers = {t.strip() for t in fuul_triggers.split(",")} if fuul_triggers else None
     box = Sandbox(
         time_scale=time_scale,
@@ -144,7 +144,7 @@ def ui(directory: Path, config_path: Path | None, host: str, port: int, sandbox_
 @click.option("--port", default=0, help="For the sandbox it starts (default: a free port).")
 @click.option(
     "--only",
-    type=click.Choice(PARTS),
+    type=click.Choice(BENCH_PARTS),
     multiple=True,
     help="Run only this measurement (repeatable; default: all).",
 )
@@ -152,7 +152,8 @@ def bench(rows: int, json_path: Path | None, port: int, only: tuple[str, ...]) -
     """Measure throughput, memory, rate-limit efficiency and resume cost (several minutes)."""
     from etl.app.bench import run_bench
 
-    results = run_bench(rows, say=lambda m: click.echo(m, err=True), port=port, only=only or PARTS)
+    say = lambda m: click.echo(m, err=True)  # noqa: E731
+    results = run_bench(rows, say=say, port=port, only=only or BENCH_PARTS)
     width = max(len(k) for k in results)
     for key, value in results.items():
         if key != "targets_met":

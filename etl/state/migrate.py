@@ -8,7 +8,6 @@ list a table's columns (DuckDB through the PostgreSQL dialect), nothing is chang
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic.ddl.base import AddColumn
 from sqlalchemy.exc import SQLAlchemyError
 
 
@@ -33,8 +32,13 @@ def missing_columns(inspector: sa.Inspector, tables: list[sa.Table]) -> list[sa.
 
 def add_missing_columns(conn: sa.Connection, tables: list[sa.Table]) -> list[str]:
     """Add to each existing table the declared columns it lacks; the ``table.column`` added."""
+    missing = missing_columns(sa.inspect(conn), tables)
+    if not missing:
+        return []
+    from alembic.ddl.base import AddColumn  # only when an upgrade is due: 0.1 s to import
+
     added = []
-    for column in missing_columns(sa.inspect(conn), tables):
+    for column in missing:
         table = column.table
         conn.execute(AddColumn(table.name, column, schema=table.schema))
         added.append(f"{table.name}.{column.name}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,3 +130,39 @@ def test_torque_event_definitions_for_the_sandbox():
     assert parsed == {"purchase": {"amount": "number", "game": "string"}, "login": {}}
     code, out = invoke("sandbox", "--torque-event", "purchase:amount=int")
     assert code == 2 and "the type must be string, number or boolean" in out
+
+
+def _main(code: str) -> subprocess.CompletedProcess[str]:
+    """``etl`` as its console script calls it (``main``), after ``code``, in a fresh process."""
+    script = f"import sys\n{code}\nfrom etl.app.cli import main\nmain()\n"
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_quick_exit_keeps_what_a_normal_exit_does():
+    """`main` leaves without the interpreter's teardown, yet every line is written, the exit
+    code kept, and atexit handlers (temporary directories, ``weakref.finalize``) run."""
+    done = _main(
+        "import atexit, tempfile\n"
+        "kept = tempfile.TemporaryDirectory()\n"
+        "atexit.register(lambda: print('atexit ran', flush=True))\n"
+        "sys.argv = ['etl', 'run', '-c', '/absent.yaml']"
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("cannot read the pipeline file: No such file or directory")
+    assert done.stdout == "atexit ran\n"
+    version = _main("sys.argv = ['etl', '--version']")
+    assert (version.returncode, version.stdout.startswith("etl, version ")) == (0, True)
+
+
+def test_the_exit_waits_for_a_thread_still_at_work(tmp_path: Path):
+    marker = tmp_path / "written"
+    done = _main(
+        "import threading, time\n"
+        f"def late(): time.sleep(0.3); open({str(marker)!r}, 'w').write('done')\n"
+        "threading.Thread(target=late).start()\n"
+        "sys.argv = ['etl', '--version']"
+    )
+    assert done.returncode == 0
+    assert marker.read_text() == "done"

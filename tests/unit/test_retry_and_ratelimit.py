@@ -180,4 +180,56 @@ def test_spacing_is_for_strict_limits_only():
 
     assert RateLimit(requests=20, per_seconds=1).spacing == 0.0
     strict = RateLimit(requests=20, per_seconds=1, strict=True)
-    assert strict.spacing == pytest.approx(0.05 * 1.02 + 0.002)
+    assert strict.spacing == pytest.approx(0.05 + 0.002)
+    assert RateLimit(requests=20, per_seconds=1, strict=True, margin=0.02).spacing == (
+        pytest.approx(0.05 / 0.98 + 0.002)
+    )
+
+
+@pytest.mark.parametrize(
+    ("requests", "seconds", "share"),
+    [(5, 1.0, 0.998), (20, 1.0, 0.998), (10, 60.0, 0.99996), (100, 60.0, 0.99996)],
+)
+def test_the_slack_is_absolute_so_a_short_window_loses_little(requests, seconds, share):
+    from etl.config import RateLimit
+
+    limit = RateLimit(requests=requests, per_seconds=seconds)
+    assert limit.per_second / (requests / seconds) == pytest.approx(share, abs=5e-5)
+    assert limit.guard_window == (requests, pytest.approx(seconds + 0.002))
+    # processes sharing a budget do not see each other's departures: a share of the window
+    shared = RateLimit(requests=requests, per_seconds=seconds, shared=True)
+    assert shared.per_second == pytest.approx(requests / seconds * 0.98)
+    assert RateLimit(requests=requests, per_seconds=seconds, shared=True, margin=0).share == 0
+
+
+@pytest.mark.parametrize(("requests", "seconds"), [(5, 1.0), (20, 1.0), (10, 60.0)])
+def test_paced_requests_never_overfill_a_vendor_window_despite_arrival_jitter(requests, seconds):
+    """Departures paced by a default limit (late wake-ups included), each arriving up to
+    ``jitter_ms`` after it leaves: a sliding window, a fixed window and a bucket that banks
+    nothing beyond its limit all count at most ``requests`` in any window."""
+    import random
+
+    from etl.config import RateLimit
+
+    limit = RateLimit(requests=requests, per_seconds=seconds)
+    rng = random.Random(requests)
+    clock = FakeClock()
+
+    def late_sleep(s: float) -> None:
+        clock.sleep(s + rng.choice((0.0, 0.0, 0.0, rng.uniform(0, 0.05))))
+
+    bucket = TokenBucket(limit.per_second, 1, clock, late_sleep, limit.guard_window, limit.spacing)
+    arrivals = []
+    for _ in range(6 * requests):
+        bucket.acquire()
+        arrivals.append(clock() + rng.uniform(0, limit.jitter_ms / 1000))
+    arrivals.sort()
+    # Sliding window: no window of the vendor's length holds one request too many.
+    assert all(b - a > seconds for a, b in zip(arrivals, arrivals[requests:], strict=False))
+    # Fixed windows, whatever their phase: at most the limit in each.
+    for phase in (0.0, 0.25 * seconds, 0.5 * seconds, 0.99 * seconds):
+        counts: dict[int, int] = {}
+        for t in arrivals:
+            slot = int((t + phase) // seconds)
+            counts[slot] = counts.get(slot, 0) + 1
+        assert max(counts.values()) <= requests
