@@ -278,10 +278,8 @@ def run_bench(
             unlimited = Sandbox(time_scale=1e9, port=port)
             try:
                 say("Local throughput (ThriveStack, 1,000-event batches, no rate limit) ...")
-                fast = {
-                    "rate_limit": {"requests": 1_000_000, "per_seconds": 1},
-                    "max_in_flight": 4,
-                }
+                # the defaults otherwise (max_in_flight, reader_process): what a user gets
+                fast = {"rate_limit": {"requests": 1_000_000, "per_seconds": 1}}
                 local_path = pipeline("local", big, "thrivestack", unlimited, **fast)
 
                 def fresh_child(path: Path) -> Child:

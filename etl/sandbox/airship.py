@@ -8,13 +8,12 @@ characters; one bad event rejects the request; 200 with an ``operation_id``; no 
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from etl.sandbox.emulator import Reply, SandboxState, VendorEmulator
+from etl.sandbox.emulator import Reply, SandboxState, VendorEmulator, parse_json
 
 TOKEN = "sandbox-airship-token"
 APP_KEY = "sandbox-airship-app"
@@ -74,7 +73,7 @@ class AirshipEmulator(VendorEmulator):
         if wait is not None:
             return self.throttled(wait)
         try:
-            events = json.loads(body)
+            events = parse_json(body)
         except ValueError:
             return bad("invalid JSON", "")
         if not isinstance(events, list) or not 1 <= len(events) <= 100:

@@ -6,10 +6,13 @@ other.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
+
+import orjson
 
 
 class SandboxState(Protocol):
@@ -20,6 +23,24 @@ class SandboxState(Protocol):
     stats: dict[str, Counter[str]]
 
     def record(self, vendor: str, event: dict[str, Any]) -> None: ...
+
+
+_ZERO_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+
+
+def parse_json(body: bytes) -> Any:
+    """A request's JSON body (orjson: 0.6 ms for 1,000 events against the standard library's
+    0.8, its check included; parsing was a sixth of the sandbox's CPU). A body with a run of
+    19 digits or more goes to the standard library, which keeps an integer beyond 64 bits exact
+    (orjson would make it a float), as do NaN and the other literals orjson refuses.
+    ValueError if it is not JSON."""
+    if _LONG_NUMBER not in body.translate(_ZERO_DIGITS):  # 0.1 ms (a regex: 1.4)
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(body)
 
 
 @dataclass

@@ -6,12 +6,11 @@ rules rather than against itself.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from etl.sandbox.emulator import Reply, SandboxState, VendorEmulator
+from etl.sandbox.emulator import Reply, SandboxState, VendorEmulator, parse_json
 
 KEYS = {
     "sandbox-fuul-key": {"send:trigger_event"},
@@ -87,7 +86,7 @@ class FuulEmulator(VendorEmulator):
         if wait is not None:
             return self.throttled(wait)
         try:
-            data = json.loads(body)
+            data = parse_json(body)
         except ValueError:
             return Reply(400, {"message": "body is not valid JSON"})
         if not batch:

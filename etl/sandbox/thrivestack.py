@@ -7,12 +7,11 @@ required; 200 ``{"success": true}``; no dedup.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from etl.sandbox.emulator import Reply, SandboxState, VendorEmulator
+from etl.sandbox.emulator import Reply, SandboxState, VendorEmulator, parse_json
 
 KEY = "sandbox-thrivestack-key"
 MAX_EVENTS = 1000
@@ -44,7 +43,7 @@ class ThriveStackEmulator(VendorEmulator):
         if len(body) > MAX_BYTES:
             return bad(f"request body over {MAX_BYTES} bytes")
         try:
-            events = json.loads(body)
+            events = parse_json(body)
         except ValueError:
             return bad("Invalid JSON")
         if not isinstance(events, list) or not events:

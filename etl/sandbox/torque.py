@@ -7,12 +7,11 @@ be defined for the key (when the sandbox is given definitions), 202 on success, 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
-from etl.sandbox.emulator import Reply, SandboxState, VendorEmulator
+from etl.sandbox.emulator import Reply, SandboxState, VendorEmulator, parse_json
 
 KEY = "sandbox-torque-key"
 _PUBKEY = re.compile(r"[1-9A-HJ-NP-Za-km-z]{32,44}")
@@ -43,7 +42,7 @@ class TorqueEmulator(VendorEmulator):
         if wait is not None:
             return self.throttled(wait)
         try:
-            event = json.loads(body)
+            event = parse_json(body)
         except ValueError:
             return bad("Invalid JSON")
         problem = self.problem(event)

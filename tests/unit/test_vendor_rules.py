@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from etl.config import DestinationConfig, MappingConfig
 from etl.events import Event
@@ -206,3 +208,26 @@ def test_mapping_columns_include_fields_and_properties():
         }
     )
     assert mapping.columns() == {"u", "amt", "props"}
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values)
+def test_the_sandbox_reads_json_as_the_standard_library_does(value):
+    """orjson where it is exact; integers beyond 64 bits and what orjson refuses, as json."""
+    import json
+
+    from etl.sandbox.emulator import parse_json
+
+    body = json.dumps(value).encode()
+    assert parse_json(body) == json.loads(body)
