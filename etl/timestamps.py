@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
+
+import orjson
 
 TimestampType = Literal["datetime", "text", "epoch_s", "epoch_ms"]
 
@@ -204,23 +205,16 @@ def to_iso_z(value: datetime) -> str:
     return value.isoformat(timespec="microseconds")[:-6] + "Z"  # drop "+00:00"
 
 
-PANDAS_FROM = 5000  # values in a chunk for which importing pandas pays
-
-
 def to_iso_z_many(values: list[datetime]) -> list[str]:
-    """``to_iso_z`` of every value of a chunk at once (pandas/numpy: four times faster). Small
-    chunks are done value by value until pandas is loaded: importing it takes 0.3 s, which a
-    run of small days would spend before its first request, and save little after."""
-    if not values:
-        return []
-    if len(values) < PANDAS_FROM and "pandas" not in sys.modules:
-        return [to_iso_z(v) for v in values]
-    import numpy as np  # here, not at the top: every other command starts without pandas
-    import pandas as pd
-
-    utc = pd.DatetimeIndex(values).tz_convert(UTC).tz_localize(None)
-    text = np.datetime_as_string(utc.values.astype("datetime64[us]"), unit="us")
-    return list((text.astype(object) + "Z").tolist())
+    """``to_iso_z`` of every value of a chunk at once: orjson writes a list of UTC datetimes
+    in C (0.2 µs a value against 1.2 one by one, and 0.3 with pandas, which also took 0.3 s to
+    import), leaving out a fraction of zero, which is put back."""
+    utc = [v if v.tzinfo is UTC else v.astimezone(UTC) for v in values]
+    try:
+        texts: list[str] = orjson.loads(orjson.dumps(utc, option=orjson.OPT_UTC_Z))
+    except TypeError:  # a subclass of datetime (a pandas Timestamp): one by one
+        return [to_iso_z(v) for v in utc]
+    return [t if len(t) > 20 else t[:-1] + ".000000Z" for t in texts]  # 2026-01-02T03:04:05Z
 
 
 def to_iso_naive_utc(value: datetime) -> str:
