@@ -188,14 +188,14 @@ def test_spacing_is_for_strict_limits_only():
 
 @pytest.mark.parametrize(
     ("requests", "seconds", "share"),
-    [(5, 1.0, 0.998), (20, 1.0, 0.998), (10, 60.0, 0.99996), (100, 60.0, 0.99996)],
+    [(5, 1.0, 0.995), (20, 1.0, 0.995), (10, 60.0, 0.99992), (100, 60.0, 0.99992)],
 )
 def test_the_slack_is_absolute_so_a_short_window_loses_little(requests, seconds, share):
     from etl.config import RateLimit
 
     limit = RateLimit(requests=requests, per_seconds=seconds)
     assert limit.per_second / (requests / seconds) == pytest.approx(share, abs=5e-5)
-    assert limit.guard_window == (requests, pytest.approx(seconds + 0.002))
+    assert limit.guard_window == (requests, pytest.approx(seconds + 0.005))
     # processes sharing a budget do not see each other's departures: a share of the window
     shared = RateLimit(requests=requests, per_seconds=seconds, shared=True)
     assert shared.per_second == pytest.approx(requests / seconds * 0.98)
@@ -222,7 +222,7 @@ def test_paced_requests_never_overfill_a_vendor_window_despite_arrival_jitter(re
     arrivals = []
     for _ in range(6 * requests):
         bucket.acquire()
-        arrivals.append(clock() + rng.uniform(0, limit.jitter_ms / 1000))
+        arrivals.append(clock() + rng.uniform(0, limit.jitter))
     arrivals.sort()
     # Sliding window: no window of the vendor's length holds one request too many.
     assert all(b - a > seconds for a, b in zip(arrivals, arrivals[requests:], strict=False))
