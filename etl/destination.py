@@ -43,7 +43,9 @@ class Destination:
             vendor=vendor,
             base_url=config.base_url or vendor.default_base_url(),
             endpoint=endpoint,
-            rate=config.rate_limit or endpoint.rate_limit,
+            rate=(config.rate_limit or endpoint.rate_limit).for_requests_in_flight(
+                config.max_in_flight
+            ),
             events_per_request=per_request,
             requests_in_flight=config.max_in_flight,
             mapper=Mapper(name, config, source, vendor),

@@ -327,8 +327,9 @@ def _limited(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     # Fuul-like: 10 batch requests per window of 60 s / 60 = 1 s, 50 ms latency, 60+ windows.
-    # (The slack of 5 ms a window is not scaled: against the 1 s window it is 60 times tighter
-    # than against Fuul's 60 s, so a late request shows here as a 429 that Fuul would not send.)
+    # (The slack of 5 ms a window, 4 in flight, is not scaled: against the 1 s window it is 60
+    # times tighter than against Fuul's 60 s, so a late request shows here as a 429 that Fuul
+    # would not send.)
     scaled = Sandbox(time_scale=60, port=port)
     try:
         scaled.faults("fuul", latency_ms=50)
