@@ -53,13 +53,12 @@ class RateLimit(_Model):
     """At most ``requests`` per ``per_seconds``, evenly paced; ``burst`` requests may go at once.
 
     The sender paces so that ``requests + 1`` requests always span the window plus
-    ``jitter_ms`` (or ``margin``, a share of the window, if that is more) as they leave: the jitter
-    between leaving and arriving then never packs more than the limit into one of the
-    vendor's windows, whether it counts them in a sliding window, a fixed one or a bucket.
-    An absolute slack costs a long window nothing (10 requests a minute: 0.005 %) and a short
-    one little (5 requests a second, 2 in flight: 0.3 %), where a share of the window cost
-    both 2 %. A
-    budget ``shared`` by processes keeps a share (2 % unless ``margin`` says otherwise): the
+    ``jitter_ms`` (or ``margin``, a share of the window, if that is more) as they leave: the
+    jitter between leaving and arriving then never packs more than the limit into one of the
+    vendor's windows, whether it counts them in a sliding window, a fixed one or a bucket. An
+    absolute slack costs a long window nothing (10 requests a minute: 0.005 %) and a short one
+    little (5 requests a second, 2 in flight: 0.3 %), where a share of the window cost both 2 %.
+    A budget ``shared`` by processes keeps a share (2 % unless ``margin`` says otherwise): the
     guard that holds a request back after a late one sees its own process's requests only.
     """
 

@@ -88,10 +88,10 @@ def main() -> None:
 
 def _exit(done: SystemExit) -> None:
     """Leave without the interpreter's teardown, which frees every module and object one by one
-    (0.1-0.2 s after a run: 2 % of a ten-second paced run), once what a
-    normal exit does that matters is done: the atexit handlers (temporary directories,
-    ``weakref.finalize``), logging's flush, stdout and stderr. While another non-daemon thread
-    lives, the exit is the normal one (which waits for it)."""
+    (0.1-0.2 s after a run: 2 % of a ten-second paced run), once what of a normal exit matters
+    is done: the atexit handlers (temporary directories, ``weakref.finalize``), logging's flush,
+    stdout and stderr. While another non-daemon thread lives, the exit is the normal one (which
+    waits for it)."""
     if any(
         t.is_alive() and not t.daemon
         for t in threading.enumerate()
