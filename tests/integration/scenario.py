@@ -54,30 +54,46 @@ def canonical(payload: dict[str, Any]) -> str:
 
 def expected_payloads(path: Path) -> Counter[str]:
     """Every payload the vendor should receive once: a dry run of the whole range."""
+    return expected_by_partition(path)[0]
+
+
+def expected_by_partition(path: Path) -> tuple[Counter[str], dict[str, str]]:
+    """A dry run of the whole range: every payload the vendor should receive once, and the
+    partition of each (equal payloads have one timestamp, and so one partition)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "expected.jsonl"
         first = load_pipeline(path).start_date
         run_backfill(
             load_pipeline(path), first_day=first, last_day=first + timedelta(days=3), dry_run=out
         )
-        return Counter(
-            canonical(json.loads(line)["payload"]) for line in out.read_text().splitlines()
-        )
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+    payloads = [canonical(line["payload"]) for line in lines]
+    return Counter(payloads), dict(
+        zip(payloads, (line["partition"] for line in lines), strict=True)
+    )
 
 
 def assert_delivered(path: Path, sandbox, vendor: str) -> tuple[int, int]:
     """No event missing, every partition complete and balanced; copies beyond one only where
-    the vendor doesn't deduplicate, and never more than the in-doubt count. Returns (extra
-    copies stored, events reported in doubt)."""
-    expected = expected_payloads(path)
+    the vendor doesn't deduplicate, and in each partition never more than its in-doubt count.
+    Returns (extra copies stored, events reported in doubt)."""
+    expected, partition_of = expected_by_partition(path)
     stored = Counter(canonical(e) for e in sandbox.sandbox.records[vendor])
     assert not expected - stored, f"{sum((expected - stored).values())} events never arrived"
-    extra = sum((stored - expected).values())
+    extra_in: Counter[str] = Counter()
+    for payload, copies in (stored - expected).items():
+        assert payload in partition_of, f"stored, but no row makes it: {payload}"
+        extra_in[partition_of[payload]] += copies
     cps = store_of(path).checkpoints_of(DESTINATION)
     assert cps and {cp.status for cp in cps} == {"complete"}
     assert all(cp.balanced for cp in cps)
-    in_doubt = sum(cp.in_doubt for cp in cps)
-    assert extra <= in_doubt, f"{extra} events stored twice but only {in_doubt} reported in doubt"
+    for cp in cps:
+        assert extra_in[cp.partition] <= cp.in_doubt, (
+            f"{cp.partition}: {extra_in[cp.partition]} events stored twice but only "
+            f"{cp.in_doubt} reported in doubt"
+        )
+    assert set(extra_in) <= {cp.partition for cp in cps}
+    extra, in_doubt = sum(extra_in.values()), sum(cp.in_doubt for cp in cps)
     if vendor == "fuul":
         assert extra == 0 and in_doubt == 0
     return extra, in_doubt
