@@ -18,6 +18,7 @@ import dagster as dg
 from dagster_project.checks import REPAIR, check_specs, evaluations, failure
 from dagster_project.resources import credentials_key
 from etl.config import PipelineConfig
+from etl.ranges import yesterday
 from etl.reports import DestinationReport, PartitionReport
 from etl.run_context import RunOptions
 from etl.runner import run_backfill
@@ -67,11 +68,13 @@ def partition_metadata(name: str, cp: Checkpoint, report: PartitionReport | None
         "deleted": cp.deleted,
         "moved": cp.moved,
         "changed": cp.changed,
+        "near_misses": cp.near_misses,
+        "near_miss": dg.MetadataValue.text(cp.near_miss or "(none)"),
         "delivered_this_run": sent,
         "seconds": dg.MetadataValue.float(round(seconds, 3)),
         "events_per_second": dg.MetadataValue.float(round(sent / seconds, 1) if seconds else 0.0),
         "cursor": dg.MetadataValue.text(encode_position(cp.cursor) or "(none)"),
-        "mode": dg.MetadataValue.text(report.mode if report else "unchanged"),
+        "mode": dg.MetadataValue.text(report.mode.value if report else "unchanged"),
         "inspect": dg.MetadataValue.text(
             f"etl status -d {name} --from {cp.partition} --to {cp.partition}"
         ),
@@ -233,17 +236,17 @@ def source_asset(config: PipelineConfig) -> dg.AssetsDefinition:
     )
     def _observe(context: dg.AssetExecutionContext) -> dg.ObserveResult:
         source = Source(with_url(config, context.resources.warehouse.url))
-        yesterday = date.today() - timedelta(days=1)
+        last = yesterday()  # a UTC day, as every partition
         try:
-            rows = source.count(config.start_date, yesterday)
-            outside = source.outside(yesterday)
+            rows = source.count(config.start_date, last)
+            outside = source.outside(last)
         finally:
             source.engine.dispose()
         return dg.ObserveResult(
             metadata={
                 "row_count": rows,
                 "since": config.start_date.isoformat(),
-                "through": yesterday.isoformat(),
+                "through": last.isoformat(),
                 "without_timestamp": outside.no_timestamp,
                 "unreadable_timestamp": outside.unreadable,
                 "before_start_date": outside.before_start,

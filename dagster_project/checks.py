@@ -7,8 +7,8 @@ import warnings
 
 import dagster as dg
 
-from etl.reports import DONE
 from etl.state import Checkpoint
+from etl.statuses import is_done
 
 ACCOUNTING = "accounting"
 DEAD_LETTER_RATE = "dead_letter_rate"
@@ -57,7 +57,7 @@ def failure(cp: Checkpoint | None) -> str | None:
     """Why a partition did not pass accounting, or None."""
     if cp is None:
         return "no checkpoint: the partition was not sent"
-    if cp.status not in DONE:
+    if not is_done(cp.status):
         return f"{cp.status}" + (f": {cp.error}" if cp.error else "")
     if not cp.balanced:
         return (
@@ -91,7 +91,7 @@ def evaluations(
                 - counts["delivered"]
                 - counts["dead_letters"]
                 - counts["filtered"],
-                "status": dg.MetadataValue.text(cp.status if cp else "missing"),
+                "status": dg.MetadataValue.text(str(cp.status) if cp else "missing"),
             },
         ),
         dg.AssetCheckEvaluation(

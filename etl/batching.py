@@ -61,6 +61,8 @@ class Batcher:
             batch.rows += 1
             if kinds[i] == FILTERED:
                 part.filtered.append(rows.keys[i])
+                if i in rows.near:
+                    part.near_misses.append(rows.near[i])
             else:
                 part.rejected.append(rows.rejected[i])
             if batch.rows >= self.max_rows:

@@ -2,16 +2,20 @@
 
 The pipeline file says what the user chose (``max_in_flight``, ``batch_size``, ``rate_limit``) and
 the vendor what it allows; :class:`Destination` holds the result, and the sender, the runner, the
-planner and the partition engine read it instead of working it out again.
+planner and the partition engine read it instead of working it out again. In parameters a
+resolved destination is called ``target``; ``destination`` is always a destination's name (the
+state tables' column).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from etl.batching import Batcher
 from etl.config import DestinationConfig, PipelineConfig, RateLimit, SourceConfig
-from etl.mapping import Mapper, mapping_fingerprint
+from etl.fingerprint import Settings, event_settings, fingerprint_of, legacy_fingerprint
+from etl.mapping import Mapper
 from etl.prepare import Preparer
 from etl.vendors import vendor_class
 from etl.vendors.base import Endpoint, Vendor
@@ -30,7 +34,8 @@ class Destination:
     events_per_request: int  # and so per batch: a batch is one request
     requests_in_flight: int  # requests (batches) sent at once: max_in_flight
     mapper: Mapper
-    fingerprint: str
+    settings: Settings  # what makes its events: setting -> hash (see etl.fingerprint)
+    legacy_fingerprint: str  # the fingerprint earlier versions recorded
 
     @classmethod
     def resolve(cls, name: str, config: DestinationConfig, source: SourceConfig) -> Destination:
@@ -49,8 +54,19 @@ class Destination:
             events_per_request=per_request,
             requests_in_flight=config.max_in_flight,
             mapper=Mapper(name, config, source, vendor),
-            fingerprint=mapping_fingerprint(source, config),
+            settings=event_settings(source, config),
+            legacy_fingerprint=legacy_fingerprint(source, config),
         )
+
+    @property
+    def fingerprint(self) -> str:
+        """One hash of the settings that make its events (a checkpoint's ``fingerprint``)."""
+        return fingerprint_of(self.settings)
+
+    @property
+    def made_with(self) -> tuple[str, str]:
+        """What a checkpoint records of the settings its events are made with."""
+        return self.fingerprint, json.dumps(self.settings, sort_keys=True)
 
     @property
     def url(self) -> str:

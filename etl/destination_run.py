@@ -1,10 +1,11 @@
 """One destination over a run's partitions: planned, streamed through one batcher, closed.
 
-:class:`DestinationRun` reads the partitions one after the other (each under its lease), maps
-their rows, keeps those the delivery log does not hold, and cuts one stream of batches across
-them. As each batch's answers are committed, each partition whose rows are all committed is
-checked and closed: complete, or re-checked in the same run if the source holds other rows than
-it read.
+:class:`DestinationRun` takes the planner's partitions (:func:`etl.planner.plan_partitions`),
+reads them one after the other (each under its lease), maps their rows, keeps those the
+delivery log does not hold, and cuts one stream of batches across them for the sink. The sink
+returns what it committed; each partition whose rows are then all committed is checked and
+closed here: complete, or re-checked in the same run if the source holds other rows than it
+read.
 """
 
 from __future__ import annotations
@@ -21,14 +22,8 @@ from tqdm import tqdm
 from etl.destination import Destination
 from etl.errors import DeliveryError, EtlError, LeaseHeldError
 from etl.events import Batch, SendResult
-from etl.partition import (
-    DestinationContext,
-    LogFilter,
-    PartitionTask,
-    open_task,
-    plan_task,
-    reconcile,
-)
+from etl.partition import LogFilter, PartitionTask, RowReader, open_task, reconcile
+from etl.planner import plan_partitions, refuse
 from etl.progress import ProgressLog
 from etl.ranges import skip_too_old
 from etl.reader import use_reader_process
@@ -37,8 +32,7 @@ from etl.run_context import RunContext
 from etl.sender import open_sender
 from etl.sink import BatchSink, DeliverySink, DryRunSink
 from etl.state.ledger import Acknowledged
-from etl.state.store import refuse_changed_mapping
-from etl.windows import UNDATED
+from etl.statuses import Mode, PartitionStatus, RunEnd
 
 
 class StopRequested(Exception):
@@ -46,21 +40,23 @@ class StopRequested(Exception):
 
 
 class DestinationRun:
-    """One destination over the run's days: :meth:`send` plans, streams and closes them."""
+    """One destination in one run: :meth:`send` plans its partitions, streams them and
+    closes each as its last rows are committed."""
 
-    def __init__(self, run: RunContext, destination: Destination, credentials: dict[str, str]):
+    def __init__(self, run: RunContext, target: Destination, credentials: dict[str, str]):
         self.run = run
-        self.destination = destination
-        sender = None
+        self.target = target
+        self.name = target.name
+        self.sender = None
         if run.out is None:
-            sender = open_sender(
-                destination, credentials, run.store, timing=run.timing, buckets=run.buckets
+            self.sender = open_sender(
+                target, credentials, run.store, timing=run.timing, buckets=run.buckets
             )
-        self.ctx = DestinationContext(destination, run.source, run.store, sender)
-        self.report = DestinationReport(destination.name, destination.config.vendor)
-        self.tasks: dict[str, PartitionTask] = {}
+        self.rows = RowReader(target, run.source)
+        self.report = DestinationReport(target.name, target.config.vendor)
+        self.tasks: dict[str, PartitionTask] = {}  # opened, not closed yet
         self.queue: deque[PartitionTask] = deque()
-        self.batcher = destination.batcher(batch_prefix=f"{run.token}-")
+        self.batcher = target.batcher(batch_prefix=f"{run.token}-")
         self.filter = LogFilter() if run.store is not None else None
         self.sink = self._sink()
         self.bar: Any = None
@@ -68,15 +64,10 @@ class DestinationRun:
 
     def _sink(self) -> BatchSink:
         if self.run.out is not None:
-            return DryRunSink(self.destination.name, self.run.out, self._committed)
-        assert self.ctx.sender is not None and self.run.store is not None
+            return DryRunSink(self.name, self.run.out)
+        assert self.sender is not None and self.run.store is not None
         return DeliverySink(
-            self.destination.name,
-            self.ctx.sender,
-            self.run.store,
-            self.destination.requests_in_flight,
-            self._account,
-            self._committed,
+            self.name, self.sender, self.run.store, self.target.requests_in_flight, self._account
         )
 
     # -- the run ----------------------------------------------------------------------------
@@ -87,17 +78,18 @@ class DestinationRun:
         try:
             self.plan(days, earlier)
             while self.queue:
-                while self.queue:
-                    self.send_partition(self.queue.popleft())
-                self.flush()
+                self.send_partition(self.queue.popleft())
+                if not self.queue:  # the last answers may queue a re-check of a partition
+                    self.flush()
         except StopRequested:
-            self.stop("stopped")
+            self.stop(RunEnd.STOPPED)
         except DeliveryError as exc:
             self.report.error = str(exc)
             self.run.complain(str(exc))
-            self.stop("failed", str(exc))
+            self.stop(RunEnd.FAILED, str(exc))
         except BaseException as exc:
-            self.stop("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", str(exc))
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            self.stop(RunEnd.INTERRUPTED if interrupted else RunEnd.FAILED, str(exc))
             raise
         finally:
             self.close()
@@ -106,50 +98,43 @@ class DestinationRun:
         return self.report
 
     def plan(self, days: list[date], earlier: list[date]) -> None:
-        """What each partition needs this run: every day of the range, the complete earlier
-        days whose count changed, the undated rows. Chooses the reader, starts the bar."""
-        run, ctx, name = self.run, self.ctx, self.ctx.name
-        days, self.report.skipped, _ = skip_too_old(self.destination, run.source, days, run.store)
+        """The planner's partitions (a refused one stops the destination before it sends
+        anything); chooses the reader, starts the bar."""
+        run = self.run
+        days, self.report.skipped, _ = skip_too_old(self.target, run.source, days, run.store)
         if self.report.skipped:
             run.say(self.report.skipped)
         store = run.store
-        checkpoints = {cp.partition: cp for cp in store.checkpoints_of(ctx.name)} if store else {}
-        restart = run.options.restart
-        for day in earlier:  # only what was sent already, and changed since
-            cp = checkpoints.get(day.isoformat())
-            task = plan_task(ctx, day, cp) if cp is not None else None
-            if task is not None and task.mode == "recheck":
-                task.beside_range = True
-                self.queue.append(task)
-        for day in days:
-            cp = None if restart else checkpoints.get(day.isoformat())
-            if cp is not None:  # the range asked for: sent with another mapping is refused
-                fingerprint = self.destination.fingerprint
-                refuse_changed_mapping(
-                    name, cp.partition, cp.fingerprint, cp.rows_read, fingerprint
-                )
-            self.queue.append(plan_task(ctx, day, cp))
-        if store is not None:  # rows without a readable timestamp: dead letters
-            undated = plan_task(ctx, None, checkpoints.get(UNDATED))
-            undated.beside_range = True
-            self.queue.append(undated)
-        for task in [t for t in self.queue if t.mode == "skip"]:
-            self.queue.remove(task)
+        checkpoints = {cp.partition: cp for cp in store.checkpoints_of(self.name)} if store else {}
+        tasks = plan_partitions(
+            self.target,
+            run.source,
+            days,
+            earlier,
+            checkpoints,
+            restart=run.options.restart,
+            leases=run.leases,
+        )
+        refuse(tasks)
+        for task in tasks:
+            if task.note:
+                run.say(task.note)
+        self.queue.extend(t for t in tasks if t.mode is not Mode.SKIP)
         self._start_reading(days)
 
     def _start_reading(self, days: list[date]) -> None:
-        run, name = self.run, self.ctx.name
+        run, name = self.run, self.name
         remaining = run.source.count(days[0], days[-1]) if days else 0
         if run.store is not None and not run.options.restart:
             done = {d.isoformat() for d in days}
             cps = run.store.checkpoints_of(name)
             remaining -= sum(cp.rows_read for cp in cps if cp.partition in done)
-        if use_reader_process(run.config.source, remaining, self.destination.ceiling):
-            self.ctx.reader = run.reader
+        if use_reader_process(run.config.source, remaining, self.target.ceiling):
+            self.rows.reader = run.reader
             run.say(f"{name}: {remaining:,} rows to read: a second process reads them")
         if run.options.progress_every:
             self.progress = ProgressLog(
-                self.destination, remaining, run.options.progress_every, run.say, run.timing.clock
+                self.target, remaining, run.options.progress_every, run.say, run.timing.clock
             )
         self.bar = tqdm(
             total=max(remaining, 0),
@@ -162,21 +147,22 @@ class DestinationRun:
 
     def send_partition(self, task: PartitionTask) -> None:
         """Read, map and hand to the sink the partition's new rows."""
-        run, ctx, store = self.run, self.ctx, self.run.store
+        run, store = self.run, self.run.store
         if run.leases is not None:
             try:
-                run.leases.acquire(ctx.name, task.key)
+                run.leases.acquire(self.name, task.key)
             except LeaseHeldError as exc:
                 if not task.beside_range:
                     raise
-                run.say(f"{ctx.name}: {exc}: left to that run")  # outside the range asked
+                run.say(f"{self.name}: {exc}: left to that run")  # taken since it was planned
                 return
-        open_task(ctx, task, run.options.restart and task.mode == "new")
+        if store is not None:
+            open_task(self.target, store, task)
         self.tasks[task.key] = task
-        self.batcher.start_partition(task.key, store.next_seq(ctx.name, task.key) if store else 1)
+        self.batcher.start_partition(task.key, store.next_seq(self.name, task.key) if store else 1)
         self._read_ahead(task)
         # closed at once if this stops half-way: the reader may be asked for the next day
-        with closing(ctx.read_rows(task.day, task.cursor)) as chunks:
+        with closing(self.rows.read_rows(task.day, task.cursor)) as chunks:
             for rows in chunks:
                 read = len(rows)
                 if self.filter is not None:  # rows the log holds are not sent again
@@ -192,29 +178,23 @@ class DestinationRun:
 
     def _read_ahead(self, task: PartitionTask) -> None:
         """With a reader process, have it read the next partition as soon as this one is read."""
-        reader = self.ctx.reader
-        if reader is None:
-            return
-        reader.ask(task.day, self.ctx.name, task.cursor)
+        self.rows.read_next(task.day, task.cursor)
         if self.queue:
-            upcoming = self.queue[0]
-            reader.ask(upcoming.day, self.ctx.name, upcoming.cursor)
+            self.rows.read_next(self.queue[0].day, self.queue[0].cursor)
 
     def submit(self, batch: Batch) -> None:
         for part in batch.slices:
             self.tasks[part.partition].pending += 1
-        self.sink.submit(batch)
+        self.close_committed(self.sink.submit(batch))
 
     def flush(self) -> None:
         """The last batch sent, every answer committed, every partition closed."""
         last = self.batcher.flush()
         if last is not None:
             self.submit(last)
-        self.sink.drain()
+        self.close_committed(self.sink.drain())
         for task in list(self.tasks.values()):
             self.maybe_finish(task)
-
-    # -- answers --------------------------------------------------------------------------
 
     def _account(self, batch: Batch, result: SendResult, in_order: bool) -> Acknowledged:
         """What the answers mean: the copies of each event that may be extra (for a vendor
@@ -222,7 +202,7 @@ class DestinationRun:
         partitions whose cursor stays (re-checked ones; all, out of order)."""
         in_doubt: Counter[int] = Counter()
         earlier = any(self.tasks[p.partition].prior_unknown for p in batch.slices)
-        if not self.destination.deduplicates and (earlier or result.unknown):
+        if not self.target.deduplicates and (earlier or result.unknown):
             answered = set(result.delivered) | {i for i, _, _ in result.dead}
             for part in batch.slices:
                 prior = self.tasks[part.partition].prior_unknown
@@ -234,19 +214,22 @@ class DestinationRun:
         hold = {
             p.partition
             for p in batch.slices
-            if not in_order or self.tasks[p.partition].mode == "recheck"
+            if not in_order or self.tasks[p.partition].mode is Mode.RECHECK
         }
         return Acknowledged(batch, result, in_doubt, frozenset(hold))
 
-    def _committed(self, done: Acknowledged) -> None:
-        for index, part in enumerate(done.batch.slices):
-            task = self.tasks[part.partition]
-            task.report.add(done.batch, part, done.result, done.counts[index], index == 0)
-            task.pending -= 1
-            self.maybe_finish(task)
-        if self.progress is not None:
-            rows = sum(p.rows_read for p in done.batch.slices)
-            self.progress.batch(rows, sum(c.delivered for c in done.counts))
+    def close_committed(self, committed: list[Acknowledged]) -> None:
+        """Count what the sink committed in each partition's report, and close the partitions
+        it completes."""
+        for done in committed:
+            for index, part in enumerate(done.batch.slices):
+                task = self.tasks[part.partition]
+                task.report.add(done.batch, part, done.result, done.counts[index], index == 0)
+                task.pending -= 1
+                self.maybe_finish(task)
+            if self.progress is not None:
+                rows = sum(p.rows_read for p in done.batch.slices)
+                self.progress.batch(rows, sum(c.delivered for c in done.counts))
 
     def maybe_finish(self, task: PartitionTask) -> None:
         """Close a partition whose rows are all read and committed: check it, complete it (or
@@ -256,18 +239,19 @@ class DestinationRun:
             return
         del self.tasks[task.key]
         task.report.seconds = time.monotonic() - task.started
-        store, name = self.run.store, self.ctx.name
+        store, name = self.run.store, self.name
         if store is None:  # a dry run
             self.report.partitions.append(task.report)
             return
-        problem = reconcile(self.ctx, task)
-        if problem is not None and task.mode != "recheck" and not task.rechecked:
-            again = PartitionTask(task.day, "recheck", store.load(name, task.key), rechecked=True)
+        problem = reconcile(self.target, self.run.source, store, task)
+        if problem is not None and task.mode is not Mode.RECHECK and not task.rechecked:
+            cp = store.load(name, task.key)
+            again = PartitionTask(task.day, Mode.RECHECK, cp, rechecked=True)
             again.report = task.report
-            again.report.mode = "recheck"
+            again.report.mode = Mode.RECHECK
             self.queue.append(again)
         else:
-            status = "complete" if problem is None else "unbalanced"
+            status = PartitionStatus.COMPLETE if problem is None else PartitionStatus.UNBALANCED
             store.finish(name, task.key, status, problem)
             task.report.status, task.report.error = status, problem
             self.report.partitions.append(task.report)
@@ -280,24 +264,24 @@ class DestinationRun:
 
     # -- stopping -------------------------------------------------------------------------
 
-    def stop(self, status: str, error: str | None = None) -> None:
+    def stop(self, end: RunEnd, error: str | None = None) -> None:
         """Send nothing more, commit the answers that come back in a moment; every partition
-        not closed is left ``status`` (interrupted or failed) and resumes next time."""
+        not closed is left interrupted or failed, and resumes next time."""
         unanswered = 0
         try:
-            unanswered = self.sink.stop(self.run.options.stop_grace)
+            committed, unanswered = self.sink.stop(self.run.options.stop_grace)
+            self.close_committed(committed)
         finally:
-            self._leave_open(status, error)
-        if status == "stopped":
+            self._leave_open(end.partition_status, error)
+        if end is RunEnd.STOPPED:
             self.report.stopped = (
-                f"{self.ctx.name}: stopped; the answers that came back are committed; "
+                f"{self.name}: stopped; the answers that came back are committed; "
                 f"{unanswered:,} events of requests still unanswered are in doubt: run again "
                 "to resume"
             )
 
-    def _leave_open(self, status: str, error: str | None) -> None:
-        store, name = self.run.store, self.ctx.name
-        saved = "interrupted" if status == "stopped" else status
+    def _leave_open(self, saved: PartitionStatus, error: str | None) -> None:
+        store, name = self.run.store, self.name
         for task in list(self.tasks.values()):
             if store is not None:
                 with suppress(EtlError):
@@ -312,11 +296,11 @@ class DestinationRun:
             self.bar.close()
         if isinstance(self.sink, DeliverySink):
             self.sink.close()
-        if self.ctx.sender is not None:
-            self.ctx.sender.close()
+        if self.sender is not None:
+            self.sender.close()
         if self.run.leases is not None:
             for destination, partition in list(self.run.leases.held):
-                if destination == self.ctx.name:
+                if destination == self.name:
                     self.run.leases.release(destination, partition)
 
     def _purge_old_log(self) -> None:
@@ -324,4 +308,4 @@ class DestinationRun:
         if days is None or self.run.store is None:
             return
         older_than = datetime.now(UTC) - timedelta(days=days)
-        self.run.store.log.purge(self.ctx.name, older_than)
+        self.run.store.log.purge(self.name, older_than)

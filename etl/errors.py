@@ -45,6 +45,16 @@ class UnknownAnswerError(DeliveryError):
     again (an HTML page, an empty body): nothing says the events were stored."""
 
 
+class RequestNotBuiltError(ConfigError, DeliveryError):
+    """A request could not even be built from the settings (a key that is not a valid header
+    value, a malformed URL): it never left, counts nothing, and the destination stops.
+    ``nothing_left``: no request of its batch left either (the batch is not sent)."""
+
+    def __init__(self, message: str, nothing_left: bool) -> None:
+        super().__init__(message)
+        self.nothing_left = nothing_left
+
+
 class LeaseHeldError(EtlError):
     """Another run is sending this destination's partition now."""
 

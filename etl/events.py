@@ -49,10 +49,12 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Filtered:
-    """The row is not for this destination."""
+    """The row is not for this destination. ``near_miss``: (column, value) when the filter
+    drops it only because of case or spaces in that value."""
 
     position: Position
     source_key: str
+    near_miss: NearMiss | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,14 @@ class Rejected:
 
 RowOutcome = Event | Filtered | Rejected
 
+NearMiss = tuple[str, str]  # a filter's column, and a value it drops only for case or spaces
+
+
+def near_miss_text(miss: NearMiss) -> str:
+    """How a near miss is said: the filter's key and the value it drops."""
+    return f"mapping.filter.{miss[0]}: {miss[1]!r}"
+
+
 # what a prepared row is (Rows.kinds)
 EVENT, FILTERED, REJECTED = b"e"[0], b"f"[0], b"r"[0]
 
@@ -79,7 +89,8 @@ class Rows:
 
     Per row: its kind (:data:`EVENT`, :data:`FILTERED` or :data:`REJECTED`), source key and
     keyset position; for an event, its payload as JSON and its user (to mask it in samples);
-    for a rejected row, its dead letter (``rejected``, by index).
+    for a rejected row, its dead letter (``rejected``, by index); for a filtered row that only
+    case or spaces kept out, that column and value (``near``, by index).
     """
 
     kinds: bytes
@@ -88,6 +99,7 @@ class Rows:
     encoded: list[bytes]
     users: list[str]
     rejected: dict[int, DeadLetter] = field(default_factory=dict)
+    near: dict[int, NearMiss] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.kinds)
@@ -95,7 +107,7 @@ class Rows:
     def select(self, indexes: list[int]) -> Rows:
         """These rows only, in this order."""
         kinds, keys, positions = self.kinds, self.keys, self.positions
-        encoded, users, rejected = self.encoded, self.users, self.rejected
+        encoded, users, rejected, near = self.encoded, self.users, self.rejected, self.near
         return Rows(
             bytes(kinds[i] for i in indexes),
             [keys[i] for i in indexes],
@@ -103,6 +115,7 @@ class Rows:
             [encoded[i] for i in indexes],
             [users[i] for i in indexes],
             {n: rejected[i] for n, i in enumerate(indexes) if i in rejected},
+            {n: near[i] for n, i in enumerate(indexes) if i in near},
         )
 
 
@@ -134,6 +147,7 @@ class Slice:
     start: int = 0
     end: int = 0
     filtered: list[str] = field(default_factory=list)  # source keys of filtered rows
+    near_misses: list[NearMiss] = field(default_factory=list)  # of the filtered rows
     rejected: list[DeadLetter] = field(default_factory=list)
     keys_text: str | None = field(default=None, repr=False, compare=False)
 

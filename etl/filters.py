@@ -4,7 +4,7 @@ A filter on the event name's column compares names as the vendor receives them (
 lowercased when ``lowercase`` is set, renames then matching whatever the case), so that a row
 whose action is ``Game_Played`` is not dropped by ``filter: {action: [game_played]}`` when its
 event would be ``game_played``. Rows that a filter drops only because of case or spaces are
-counted for ``etl plan``.
+marked (near misses), so that a run, its status and its plan can say how many.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from etl.config import EventNameFromColumn, MappingConfig
+from etl.events import NearMiss
 from etl.values import normalize
 
 
@@ -34,6 +35,9 @@ class EventNames:
         return name.lower() if spec.lowercase else name
 
 
+_KEPT, _NEAR, _OUT = 0, 1, 2  # a value against a column's filter
+
+
 class RowFilter:
     """``mapping.filter``: column -> allowed values; a row failing any column is filtered."""
 
@@ -46,8 +50,7 @@ class RowFilter:
             col: {normalize(v).strip().casefold() for v in values}
             for col, values in mapping.filter.items()
         }
-        self.track_near_misses = False
-        self.near_misses: dict[str, tuple[int, str]] = {}  # column -> (rows, an example value)
+        self._verdicts: dict[tuple[str, type, Any], int] = {}  # values repeat: judged once
 
     def form(self, column: str, value: Any) -> str:
         """A value as the filter compares it: as text; in the event name's column, as the
@@ -59,11 +62,7 @@ class RowFilter:
 
     def keeps(self, row: dict[str, Any]) -> bool:
         """One row passes every column."""
-        for column, allowed in self.allowed.items():
-            if self.form(column, row.get(column)) not in allowed:
-                self._near_miss(column, row.get(column))
-                return False
-        return True
+        return all(self.form(c, row.get(c)) in allowed for c, allowed in self.allowed.items())
 
     def kept(self, column_values: dict[str, Sequence[Any]], n: int) -> list[bool]:
         """Which rows of a chunk pass every column (its values by column)."""
@@ -79,19 +78,47 @@ class RowFilter:
                     k and (v if type(v) is str else normalize(v)) in allowed
                     for k, v in zip(keep, values, strict=True)
                 ]
-            if self.track_near_misses:
-                for k, v in zip(keep, values, strict=True):
-                    if not k:
-                        self._near_miss(column, v)
         return keep
 
-    def _near_miss(self, column: str, value: Any) -> None:
-        """Count a filtered row whose value matches only once case and spaces are ignored."""
-        if not self.track_near_misses or value is None:
-            return
+    def near_misses(
+        self, column_values: dict[str, Sequence[Any]], keep: list[bool]
+    ) -> dict[int, NearMiss]:
+        """The filtered rows of a chunk that every column would keep but for case or spaces:
+        by index, the first such column and its value."""
+        found: dict[int, NearMiss] = {}
+        for i, kept in enumerate(keep):
+            if not kept:
+                miss = self.near_miss({c: column_values[c][i] for c in self.allowed})
+                if miss is not None:
+                    found[i] = miss
+        return found
+
+    def near_miss(self, values: dict[str, Any]) -> NearMiss | None:
+        """For a filtered row's values (by column): the column and value that only case or
+        spaces keep out, if every column it fails is such a one; else None."""
+        miss: NearMiss | None = None
+        for column in self.allowed:
+            value = values.get(column)
+            verdict = self._verdict(column, value)
+            if verdict == _OUT:
+                return None
+            if verdict == _NEAR and miss is None:
+                miss = (column, normalize(value))
+        return miss
+
+    def _verdict(self, column: str, value: Any) -> int:
+        try:
+            return self._verdicts[column, type(value), value]
+        except KeyError:
+            pass
+        except TypeError:  # a value that cannot be a dict key (a list, a dict): judged afresh
+            return self._judge(column, value)
+        verdict = self._verdicts[column, type(value), value] = self._judge(column, value)
+        return verdict
+
+    def _judge(self, column: str, value: Any) -> int:
         if self.form(column, value) in self.allowed[column]:
-            return
-        text = normalize(value)
-        if text.strip().casefold() in self._loose[column]:
-            count, example = self.near_misses.get(column, (0, text))
-            self.near_misses[column] = (count + 1, example)
+            return _KEPT
+        if value is not None and normalize(value).strip().casefold() in self._loose[column]:
+            return _NEAR
+        return _OUT

@@ -82,7 +82,8 @@ def check_destination(dest: DestinationConfig) -> list[str]:
 
 
 def resolve_credentials(name: str, dest: DestinationConfig) -> dict[str, str]:
-    """Read a destination's credentials from the environment; called when a run starts."""
+    """Read a destination's credentials from the environment, and check them; called when a
+    run starts."""
     resolved = {}
     for key, ref in dest.credentials.items():
         var = credential_variable(ref)  # validated on load
@@ -93,7 +94,40 @@ def resolve_credentials(name: str, dest: DestinationConfig) -> dict[str, str]:
                 f"(credentials.{key}) is not set or empty"
             )
         resolved[key] = value
+    check_credentials(name, dest, resolved)
     return resolved
+
+
+def check_credentials(name: str, dest: DestinationConfig, values: dict[str, str]) -> None:
+    """Refuse, before any request, a credential that no vendor would take as it is: a value
+    with surrounding whitespace, a line break or another control character (a secret created
+    from a file often ends with a newline). The message names the variable, never the value."""
+    for key, value in values.items():
+        problem = credential_problem(value)
+        if problem is not None:
+            ref = dest.credentials.get(key)
+            where = f"environment variable {credential_variable(ref)} " if ref else ""
+            raise ConfigError(
+                f"destination {name!r}: {where}(credentials.{key}) {problem}; nothing was sent"
+            )
+
+
+def credential_problem(value: str) -> str | None:
+    """What is wrong with a credential's value, without repeating it; None if nothing."""
+    if not value:
+        return "is empty"
+    for end, where in ((value[-1], "ends"), (value[0], "starts")):
+        if end in "\r\n":
+            return f"{where} with a line break: remove it (a secret made from a file often has one)"
+        if end.isspace():
+            return f"{where} with whitespace: remove it"
+    for position, char in enumerate(value, 1):
+        if char in "\r\n":
+            return f"holds a line break (character {position})"
+        if not char.isprintable() or not char.isascii():
+            what = "a control character" if not char.isprintable() else "a non-ASCII character"
+            return f"holds {what} (character {position}): no HTTP header can carry it as it is"
+    return None
 
 
 def _expand(value: Any, where: str, file: Path) -> Any:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -32,18 +30,6 @@ from etl.values import (
 from etl.vendors.base import Vendor
 
 
-def mapping_fingerprint(source: SourceConfig, dest: DestinationConfig) -> str:
-    """Changes whenever a setting changes which rows become which events, with what content."""
-    basis = {
-        "vendor": dest.vendor,
-        "options": dest.options,
-        "mapping": dest.mapping.model_dump(mode="json"),
-        "source": [source.key_column, source.timestamp_column, source.timestamp_type],
-        "timezone": source.timezone,
-    }
-    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:16]
-
-
 class Mapper:
     """Turns rows into events for one destination; pure apart from its immutable settings."""
 
@@ -70,7 +56,7 @@ class Mapper:
         key = row[self.key_column]
         source_key = key if type(key) is str else str(json_safe(key))
         if not self.filter.keeps(row):
-            return Filtered(position, source_key)
+            return Filtered(position, source_key, self.filter.near_miss(row))
         event_id = event_id_for(self.destination, source_key)
         try:
             event = self._event(row, position, source_key, event_id if self._ids else "")
@@ -98,22 +84,20 @@ class Mapper:
             k if type(k) is str else str(k) if type(k) is int else str(json_safe(k))
             for _, k in positions
         ]
-        keep = self._kept(column, n)
+        by_column = {c: column(c) for c in self.filter.allowed}
+        keep = self.filter.kept(by_column, n)
+        near = self.filter.near_misses(by_column, keep) if not all(keep) else {}
         slow = [not k for k in keep]  # no fast path for filtered rows: they need none
         events = self._events(column, positions, source_keys, slow)
         validate = self.vendor.validate
         return [
-            Filtered(positions[i], source_keys[i])
+            Filtered(positions[i], source_keys[i], near.get(i))
             if not keep[i]
             else self.map_row(dict(zip(names, rows[i], strict=True)))
             if slow[i] or validate(events[i]) is not None
             else events[i]
             for i in range(n)
         ]
-
-    def _kept(self, column: _Column, n: int) -> list[bool]:
-        """Which rows pass every filter."""
-        return self.filter.kept({c: column(c) for c in self.filter.allowed}, n)
 
     def _events(
         self,

@@ -24,43 +24,45 @@ from datetime import date
 from functools import cached_property
 
 from etl.destination import Destination
+from etl.errors import EtlError
 from etl.events import EVENT, FILTERED, REJECTED, Position, Rows
 from etl.prepare import Preparer, RowChunks, prepared
 from etl.reader import ReaderProcess
 from etl.reports import PartitionReport
-from etl.sender import Sender
 from etl.source import Source
 from etl.state import Checkpoint, StateStore
 from etl.state.deliveries import Entry
 from etl.state.ledger import payload_hash
+from etl.statuses import Mode, Outcome, PartitionStatus
 from etl.windows import partition_key
 
 
-@dataclass
-class DestinationContext:
-    """A resolved destination and what a run sends it with: the source (or a reader process
-    that reads it), the state store and the sender (None in plans and dry runs)."""
+class RowReader:
+    """Reads a destination's partitions: their rows after a cursor, mapped and encoded, from
+    the source here or from a reader process (which reads them in a second process)."""
 
-    destination: Destination
-    source: Source
-    store: StateStore | None = None
-    sender: Sender | None = None
-    reader: ReaderProcess | None = None  # reads the rows in a second process; None: here
-
-    @property
-    def name(self) -> str:
-        return self.destination.name
+    def __init__(
+        self, target: Destination, source: Source, reader: ReaderProcess | None = None
+    ) -> None:
+        self.target = target
+        self.source = source
+        self.reader = reader
 
     def read_rows(self, day: date | None, after: Position | None) -> RowChunks:
         """A partition's rows after ``after``, mapped and encoded, in chunks."""
         if self.reader is not None:
             return self.reader.read_rows(day, self.preparer, after)
-        columns = self.destination.mapper.columns
+        columns = self.target.mapper.columns
         return prepared(self.source.read_tuples(day, columns, after), self.preparer)
+
+    def read_next(self, day: date | None, after: Position | None) -> None:
+        """With a reader process, have it read this partition as soon as it can."""
+        if self.reader is not None:
+            self.reader.ask(day, self.target.name, after)
 
     @cached_property
     def preparer(self) -> Preparer:
-        return self.destination.preparer()
+        return self.target.preparer()
 
 
 @dataclass
@@ -68,8 +70,9 @@ class PartitionTask:
     """One partition as a run goes through it."""
 
     day: date | None  # None: the undated partition
-    mode: str  # new, resume, recheck, skip
+    mode: Mode
     checkpoint: Checkpoint | None = None
+    restart: bool = False  # forget what earlier runs did to it, and send it from its start
     report: PartitionReport = field(init=False)
     prior_unknown: Counter[str] = field(default_factory=Counter)
     known: dict[str, Entry] = field(default_factory=dict)  # the log's rows here (not new)
@@ -79,6 +82,8 @@ class PartitionTask:
     read_done: bool = False
     rechecked: bool = False  # a re-check was queued after a count that did not match
     beside_range: bool = False  # undated or a lookback day: left to a run that holds it
+    refused: EtlError | None = None  # why a run must not go through it (the run raises it)
+    note: str | None = None  # why a run leaves it alone (another run holds it)
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -90,38 +95,19 @@ class PartitionTask:
 
     @property
     def cursor(self) -> Position | None:
-        if self.mode == "resume" and self.checkpoint is not None:
+        if self.mode is Mode.RESUME and self.checkpoint is not None:
             return self.checkpoint.cursor
         return None
 
 
-def plan_task(ctx: DestinationContext, day: date | None, cp: Checkpoint | None) -> PartitionTask:
-    """How a partition is read in this run, from its checkpoint (and a count, if complete)."""
-    if cp is None:
-        return PartitionTask(day, "new")
-    if cp.status == "skipped":
-        return PartitionTask(day, "skip", cp)
-    if cp.status == "complete":
-        if cp.log_purged_at is not None or ctx.source.count_partition(day) == cp.present:
-            return PartitionTask(day, "skip", cp)
-        return PartitionTask(day, "recheck", cp)
-    if cp.status in ("rechecking", "unbalanced"):
-        return PartitionTask(day, "recheck", cp)
-    return PartitionTask(day, "resume", cp)
-
-
-def open_task(ctx: DestinationContext, task: PartitionTask, restart: bool) -> None:
+def open_task(target: Destination, store: StateStore, task: PartitionTask) -> None:
     """Mark the partition as being sent; what earlier runs left unanswered becomes in doubt."""
-    store, name = ctx.store, ctx.name
-    task.report.destination = name
-    if store is None:
-        return
-    status = "rechecking" if task.mode == "recheck" else "running"
-    fingerprint = ctx.destination.fingerprint
-    task.checkpoint = store.start(name, task.key, fingerprint, restart, status=status)
-    if not ctx.destination.deduplicates:
+    name = target.name
+    status = PartitionStatus.RECHECKING if task.mode is Mode.RECHECK else PartitionStatus.RUNNING
+    task.checkpoint = store.start(name, task.key, target.made_with, task.restart, status=status)
+    if not target.deduplicates:
         task.prior_unknown = store.prior_unknown(name, task.key)
-    if task.mode in ("recheck", "resume"):
+    if task.mode in (Mode.RECHECK, Mode.RESUME):
         task.known = store.log.known(name, task.key)
 
 
@@ -141,7 +127,7 @@ class LogFilter:
                 kept.append(i)
                 continue
             task.seen.add(key)
-            if task.mode == "recheck":
+            if task.mode is Mode.RECHECK:
                 digest = _digest(rows, i)
                 if _differs(digest, rows.kinds[i], entry):
                     task.changed_rows[key] = digest
@@ -159,22 +145,23 @@ def _digest(rows: Rows, i: int) -> int | None:
 
 
 def _differs(digest: int | None, kind: int, entry: Entry) -> bool:
-    if kind == FILTERED or entry.outcome == "filtered":
-        return (kind == FILTERED) != (entry.outcome == "filtered")
+    if kind == FILTERED or entry.outcome is Outcome.FILTERED:
+        return (kind == FILTERED) != (entry.outcome is Outcome.FILTERED)
     return entry.content_hash is not None and digest != entry.content_hash
 
 
-def close_recheck(ctx: DestinationContext, task: PartitionTask) -> tuple[dict[str, int], int]:
+def close_recheck(
+    target: Destination, source: Source, store: StateStore, task: PartitionTask
+) -> tuple[dict[str, int], int]:
     """After a re-check read the whole partition: the log's rows it did not find were deleted,
     or moved to another day (the source still holds them: their timestamp changed; that day
     sends them as rows it did not have); rows found again are back; changed rows keep their
     new content's hash, so that they are counted once. Returns the partition's rows deleted and
     moved, and the copies newly in doubt: a moved row sent again where the vendor keeps both."""
-    store, name = ctx.store, ctx.name
-    assert store is not None
+    name = target.name
     known = task.known
     missing = [k for k, e in known.items() if k not in task.seen and e.gone is None]
-    still = ctx.source.keys_present(missing) if missing else set()
+    still = source.keys_present(missing) if missing else set()
     leaving = [(known[k], "moved" if k in still else "deleted") for k in missing]
     store.log.update_rows(
         name,
@@ -184,24 +171,24 @@ def close_recheck(ctx: DestinationContext, task: PartitionTask) -> tuple[dict[st
     )
     gone = Counter(e.gone for k, e in known.items() if e.gone and k not in task.seen)
     gone.update(how for _, how in leaving)
-    doubled = 0 if ctx.destination.deduplicates else sum(1 for k in missing if k in still)
+    doubled = 0 if target.deduplicates else sum(1 for k in missing if k in still)
     return {"deleted": gone["deleted"], "moved": gone["moved"]}, doubled
 
 
-def reconcile(ctx: DestinationContext, task: PartitionTask) -> str | None:
+def reconcile(
+    target: Destination, source: Source, store: StateStore, task: PartitionTask
+) -> str | None:
     """Check the partition: read = delivered + dead letters + filtered, and the source holds
     as many rows as were read (less those deleted since). Returns None, or what is wrong."""
-    store = ctx.store
-    assert store is not None
-    if task.mode == "recheck":
-        gone, doubled = close_recheck(ctx, task)
-        store.count_changes(ctx.name, task.key, gone, len(task.changed_rows), doubled)
-    cp = store.load(ctx.name, task.key)
+    if task.mode is Mode.RECHECK:
+        gone, doubled = close_recheck(target, source, store, task)
+        store.count_changes(target.name, task.key, gone, len(task.changed_rows), doubled)
+    cp = store.load(target.name, task.key)
     assert cp is not None
     task.report.deleted, task.report.moved = cp.deleted, cp.moved
     task.report.changed = cp.changed
     task.report.cursor = _cursor_text(cp.cursor)
-    in_window = ctx.source.count_partition(task.day)
+    in_window = source.count_partition(task.day)
     problems = []
     if not cp.balanced:
         problems.append(
@@ -215,7 +202,7 @@ def reconcile(ctx: DestinationContext, task: PartitionTask) -> str | None:
         )
     if not problems:
         return None
-    return f"{ctx.name} {task.key}: accounting does not balance: " + "; ".join(problems)
+    return f"{target.name} {task.key}: accounting does not balance: " + "; ".join(problems)
 
 
 def _cursor_text(cursor: Position | None) -> str | None:

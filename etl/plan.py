@@ -3,9 +3,9 @@
 For each destination and partition: rows, rows already sent, rows to send, rows filtered, rows
 that known vendor rules will reject (counted per reason), requests, and the duration the
 vendor's rate limit implies; for the source, the rows outside every partition, by kind; for the
-filters, the rows they drop only because of case or spaces. It reads the checkpoints and the
-delivery log as a run would (a complete day whose count has not changed is not read again), the
-warehouse with the real mapping and batching, and writes nothing.
+filters, the rows they drop only because of case or spaces. The partitions are the ones `etl
+run` would go through (the same planner decides, refusals included); it reads the delivery log
+as a run would, the warehouse with the real mapping and batching, and writes nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from datetime import date
 from etl.config import PipelineConfig, RateLimit
 from etl.database import dispose
 from etl.destination import Destination, resolve_destination
-from etl.events import Batch
-from etl.partition import DestinationContext, LogFilter, PartitionTask, plan_task
+from etl.events import Batch, near_miss_text
+from etl.partition import LogFilter, PartitionTask, RowReader
+from etl.planner import plan_partitions
 from etl.ranges import lookback_days, partition_days, skip_too_old
 from etl.source import Source
 from etl.state import StateStore, existing_store
-from etl.windows import UNDATED, Outside
+from etl.statuses import Mode
+from etl.windows import Outside
 
 _DETAIL = re.compile(r" \(got .*\)$")
 
@@ -36,13 +38,22 @@ def reason_kind(reason: str) -> str:
 @dataclass
 class PartitionPlan:
     partition: str
-    mode: str = "new"
+    mode: Mode = Mode.NEW
     rows: int = 0  # rows the run would read and decide on now
     sent: int = 0  # rows decided by earlier runs
     to_send: int = 0
     filtered: int = 0
+    near_misses: int = 0  # filtered only because of case or spaces
     rejected: Counter[str] = field(default_factory=Counter)
     requests: int = 0
+    refused: str | None = None  # why the run would stop on it
+    note: str | None = None  # why the run would leave it alone
+
+    @classmethod
+    def of(cls, task: PartitionTask) -> PartitionPlan:
+        sent = task.checkpoint.present if task.checkpoint is not None and not task.restart else 0
+        refused = str(task.refused) if task.refused is not None else None
+        return cls(task.key, task.mode, sent=sent, refused=refused, note=task.note)
 
 
 @dataclass
@@ -54,10 +65,15 @@ class DestinationPlan:
     skipped: str | None = None
     skipped_rows: int = 0
     skipped_reason: str = ""
-    near_misses: dict[str, tuple[int, str]] = field(default_factory=dict)
+    near_miss: str | None = None  # the first near miss: the filter's key and the value
 
     def total(self, attr: str) -> int:
         return sum(int(getattr(p, attr)) for p in self.partitions)
+
+    @property
+    def refused(self) -> list[PartitionPlan]:
+        """The partitions a run would refuse: it would stop before sending anything here."""
+        return [p for p in self.partitions if p.refused]
 
     @property
     def rejected(self) -> Counter[str]:
@@ -87,8 +103,9 @@ class Plan:
 class _PlanSink:
     """Counts what each slice of each batch holds; a batch's request counts in its first."""
 
-    def __init__(self, plans: dict[str, PartitionPlan]) -> None:
-        self.plans = plans
+    def __init__(self, plan: DestinationPlan) -> None:
+        self.plan = plan
+        self.plans = {p.partition: p for p in plan.partitions}
 
     def submit(self, batch: Batch) -> None:
         for index, part in enumerate(batch.slices):
@@ -96,6 +113,9 @@ class _PlanSink:
             plan.rows += part.rows_read
             plan.to_send += part.end - part.start
             plan.filtered += len(part.filtered)
+            plan.near_misses += len(part.near_misses)
+            if part.near_misses and self.plan.near_miss is None:
+                self.plan.near_miss = near_miss_text(part.near_misses[0])
             plan.rejected.update(reason_kind(d.reason) for d in part.rejected)
             if index == 0 and batch.size:
                 plan.requests += 1
@@ -107,14 +127,18 @@ def plan_backfill(
     first_day: date | None = None,
     last_day: date | None = None,
     include_today: bool = False,
+    restart: bool = False,
 ) -> Plan:
-    """Plan the range (default: start_date to yesterday) for the chosen destinations."""
+    """Plan the range (default: start_date to yesterday) for the chosen destinations, as
+    ``etl run`` with the same range and ``restart`` would go through it."""
     days = partition_days(config, first_day, last_day, include_today)
     source = Source(config)
     store = existing_store(config)
     try:
         plans = [
-            _plan_destination(resolve_destination(config, name), source, store, config, days)
+            _plan_destination(
+                resolve_destination(config, name), source, store, config, days, restart
+            )
             for name in config.destination_names(destinations)
         ]
         outside = source.outside(days[-1])
@@ -126,64 +150,52 @@ def plan_backfill(
 
 
 def _plan_destination(
-    destination: Destination,
+    target: Destination,
     source: Source,
     store: StateStore | None,
     config: PipelineConfig,
     days: list[date],
+    restart: bool,
 ) -> DestinationPlan:
-    vendor = destination.vendor
-    plan = DestinationPlan(destination.name, destination.config.vendor, destination.rate)
-    kept, plan.skipped, plan.skipped_rows = skip_too_old(destination, source, days, None)
+    vendor = target.vendor
+    plan = DestinationPlan(target.name, target.config.vendor, target.rate)
+    kept, plan.skipped, plan.skipped_rows = skip_too_old(target, source, days, None)
     if vendor.max_age:
         plan.skipped_reason = (
             f"in partitions older than {vendor.title}'s {vendor.max_age.days}-day "
             "window (not read, not sent)"
         )
-    ctx = DestinationContext(destination, source, store)
-    tasks = _tasks(ctx, store, kept, lookback_days(config, days[0]))
-    plans = {t.key: PartitionPlan(t.key, t.mode) for t in tasks}
-    for task in tasks:
-        if task.checkpoint is not None:
-            plans[task.key].sent = task.checkpoint.present
-    _read(ctx, tasks, plans)
-    plan.partitions = [plans[t.key] for t in tasks]
-    plan.near_misses = destination.mapper.filter.near_misses
+    checkpoints = {cp.partition: cp for cp in store.checkpoints_of(target.name)} if store else {}
+    tasks = plan_partitions(
+        target,
+        source,
+        kept,
+        lookback_days(config, days[0]),
+        checkpoints,
+        restart=restart,
+        leases=store.leases if store is not None else None,
+    )
+    plan.partitions = [PartitionPlan.of(t) for t in tasks]
+    if not plan.refused:  # a run that would refuse a partition sends nothing here
+        _read(RowReader(target, source), store, tasks, _PlanSink(plan))
     return plan
 
 
-def _tasks(
-    ctx: DestinationContext, store: StateStore | None, days: list[date], earlier: list[date]
-) -> list[PartitionTask]:
-    checkpoints = {cp.partition: cp for cp in store.checkpoints_of(ctx.name)} if store else {}
-    tasks = []
-    for day in earlier:
-        cp = checkpoints.get(day.isoformat())
-        if cp is not None and plan_task(ctx, day, cp).mode == "recheck":
-            tasks.append(plan_task(ctx, day, cp))
-    tasks += [plan_task(ctx, day, checkpoints.get(day.isoformat())) for day in days]
-    tasks.append(plan_task(ctx, None, checkpoints.get(UNDATED)))
-    return tasks
-
-
 def _read(
-    ctx: DestinationContext, tasks: list[PartitionTask], plans: dict[str, PartitionPlan]
+    rows: RowReader, store: StateStore | None, tasks: list[PartitionTask], sink: _PlanSink
 ) -> None:
     """Read every partition a run would read, into one stream of batches as a run cuts it."""
-    destination = ctx.destination
-    mapper = destination.mapper
-    mapper.filter.track_near_misses = True
-    batcher = destination.batcher()
-    sink = _PlanSink(plans)
+    name = rows.target.name
+    batcher = rows.target.batcher()
     log_filter = LogFilter()
     for task in tasks:
-        if task.mode == "skip":
+        if task.mode is Mode.SKIP:
             continue
-        if ctx.store is not None and task.mode in ("resume", "recheck"):
-            task.known = ctx.store.log.known(ctx.name, task.key)
+        if store is not None and task.mode in (Mode.RESUME, Mode.RECHECK):
+            task.known = store.log.known(name, task.key)
         batcher.start_partition(task.key, 1)
-        for rows in ctx.read_rows(task.day, task.cursor):
-            for batch in batcher.add_rows(log_filter.new_rows(task, rows)):
+        for chunk in rows.read_rows(task.day, task.cursor):
+            for batch in batcher.add_rows(log_filter.new_rows(task, chunk)):
                 sink.submit(batch)
     last = batcher.flush()
     if last is not None:

@@ -18,6 +18,7 @@ from etl.events import (
     DeadLetter,
     Event,
     Filtered,
+    NearMiss,
     Rejected,
     RowOutcome,
     Rows,
@@ -72,6 +73,7 @@ def encode_outcomes(
     encoded: list[bytes] = [b""] * n
     users: list[str] = [""] * n
     rejected: dict[int, DeadLetter] = {}
+    near: dict[int, NearMiss] = {}
     next_body = iter(bodies)
     for i, outcome in enumerate(outcomes):
         keys[i], positions[i] = outcome.source_key, outcome.position
@@ -89,13 +91,15 @@ def encode_outcomes(
             kinds[i], encoded[i], users[i] = EVENT, body, outcome.user_id
         elif isinstance(outcome, Filtered):
             kinds[i] = FILTERED
+            if outcome.near_miss is not None:
+                near[i] = outcome.near_miss
         else:
             assert isinstance(outcome, Rejected)
             kinds[i] = REJECTED
             rejected[i] = DeadLetter(
                 outcome.event_id, outcome.source_key, outcome.reason, outcome.row
             )
-    return Rows(bytes(kinds), keys, positions, encoded, users, rejected)
+    return Rows(bytes(kinds), keys, positions, encoded, users, rejected, near)
 
 
 def prepared(chunks: Chunks, preparer: Preparer) -> RowChunks:

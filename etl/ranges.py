@@ -50,12 +50,12 @@ def lookback_days(config: PipelineConfig, first: date) -> list[date]:
 
 
 def skip_too_old(
-    destination: Destination, source: Source, days: list[date], store: StateStore | None
+    target: Destination, source: Source, days: list[date], store: StateStore | None
 ) -> tuple[list[date], str | None, int]:
     """Days wholly older than the vendor accepts are not read: the days left, a message that
     says how many rows that leaves out, and that number. With a store, they are recorded as
     ``skipped``."""
-    vendor = destination.vendor
+    vendor = target.vendor
     oldest = vendor.oldest_allowed()
     if oldest is None or vendor.max_age is None:
         return days, None, 0
@@ -66,9 +66,9 @@ def skip_too_old(
     reason = f"older than {vendor.title}'s {vendor.max_age.days}-day window"
     if store is not None:
         for day in too_old:
-            store.mark_skipped(destination.name, day.isoformat(), destination.fingerprint, reason)
+            store.mark_skipped(target.name, day.isoformat(), target.made_with, reason)
     message = (
-        f"{destination.name}: {rows:,} rows from {too_old[0]} to {too_old[-1]} are {reason}: "
+        f"{target.name}: {rows:,} rows from {too_old[0]} to {too_old[-1]} are {reason}: "
         f"those {len(too_old)} partitions are skipped and nothing of them is sent"
     )
     return days[len(too_old) :], message, rows

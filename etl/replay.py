@@ -99,16 +99,15 @@ class _Replay:
             store,
             self.dest.requests_in_flight,
             self._account,
-            self._committed,
             kind="replay",
         )
         try:
             for batch in self._batches(to_send):
-                sink.submit(batch)
-            sink.drain()
+                self._committed(sink.submit(batch))
+            self._committed(sink.drain())
         except DeliveryError as exc:
             self.report.error = str(exc)
-            sink.stop(10.0)
+            self._committed(sink.stop(10.0)[0])
         finally:
             sink.close()
             sender.close()
@@ -157,15 +156,16 @@ class _Replay:
                     in_doubt[i] = copies
         return Acknowledged(batch, result, in_doubt, kind="replay")
 
-    def _committed(self, done: Acknowledged) -> None:
-        result = done.result
-        self.report.delivered += len(result.delivered)
-        self.report.in_doubt += sum(done.in_doubt[i] for i in result.delivered)
-        dead = [
-            DeadLetter("", "", f"rejected by vendor: {message}", {}, status, message)
-            for _, status, message in result.dead
-        ]
-        self._count_dead(dead)
+    def _committed(self, committed: list[Acknowledged]) -> None:
+        for done in committed:
+            result = done.result
+            self.report.delivered += len(result.delivered)
+            self.report.in_doubt += sum(done.in_doubt[i] for i in result.delivered)
+            dead = [
+                DeadLetter("", "", f"rejected by vendor: {message}", {}, status, message)
+                for _, status, message in result.dead
+            ]
+            self._count_dead(dead)
 
     def _count_dead(self, letters: list[DeadLetter]) -> None:
         self.report.still_dead += len(letters)

@@ -9,11 +9,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from etl.events import Batch, SendResult, Slice, SliceCounts
+from etl.events import Batch, SendResult, Slice, SliceCounts, near_miss_text
+from etl.statuses import Mode, PartitionStatus, is_done
 from etl.windows import Outside
-
-# Statuses of a partition after a run; all but these two mean it failed.
-DONE = ("complete", "skipped")
 
 
 @dataclass
@@ -22,8 +20,8 @@ class PartitionReport:
 
     destination: str
     partition: str
-    status: str = "complete"
-    mode: str = "new"  # new, resume (after its cursor), recheck (late rows), skip (nothing new)
+    status: PartitionStatus = PartitionStatus.COMPLETE
+    mode: Mode = Mode.NEW
     rows_read: int = 0  # this run
     delivered: int = 0
     dead_letters: int = 0
@@ -35,6 +33,8 @@ class PartitionReport:
     deleted: int = 0  # rows read once, gone from the source (found by a re-check)
     moved: int = 0  # rows read once, moved to another day by a new timestamp (sent there)
     changed: int = 0  # rows changed after they were read (not sent again)
+    near_misses: int = 0  # rows filtered only because of case or spaces in a value
+    near_miss: str | None = None  # the first of them: the filter's key and the value
     seconds: float = 0.0
     cursor: str | None = None
     error: str | None = None
@@ -53,6 +53,9 @@ class PartitionReport:
         self.delivered += counts.delivered
         self.dead_letters += len(part.rejected) + counts.vendor_dead
         self.filtered += len(part.filtered)
+        self.near_misses += len(part.near_misses)
+        if self.near_miss is None and part.near_misses:
+            self.near_miss = near_miss_text(part.near_misses[0])
         self.in_doubt += counts.in_doubt
         if first:
             self.requests += result.requests
@@ -63,7 +66,7 @@ class PartitionReport:
 
     @property
     def failed(self) -> bool:
-        return self.status not in DONE
+        return not is_done(self.status)
 
 
 def mask_identifier(value: str) -> str:
@@ -100,6 +103,12 @@ class DestinationReport:
     @property
     def failed(self) -> list[PartitionReport]:
         return [p for p in self.partitions if p.failed]
+
+    @property
+    def near_misses(self) -> tuple[int, str | None]:
+        """Rows its filter dropped only because of case or spaces, and the first of them."""
+        first = next((p.near_miss for p in self.partitions if p.near_miss), None)
+        return self.total("near_misses"), first
 
 
 @dataclass

@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, wait
 from datetime import date
-from pathlib import Path
 from typing import Any, TypeVar
 
 from etl.config import PipelineConfig
@@ -21,7 +20,7 @@ from etl.database import safe_url
 from etl.destination import resolve_destination
 from etl.destination_run import DestinationRun
 from etl.interpreter import tuned_interpreter
-from etl.loader import resolve_credentials
+from etl.loader import check_credentials, resolve_credentials
 from etl.ranges import lookback_days, partition_days
 from etl.reports import RunReport
 from etl.run_context import Log, RunContext, RunOptions
@@ -36,29 +35,26 @@ def run_backfill(
     destinations: list[str] | None = None,
     first_day: date | None = None,
     last_day: date | None = None,
-    restart: bool = False,
-    dry_run: Path | None = None,
-    progress: bool = False,
-    include_today: bool = False,
+    options: RunOptions | None = None,
     timing: Timing = REAL_TIME,
     log: Log | None = None,
     warn: Log | None = None,
     credentials: dict[str, dict[str, str]] | None = None,
     stop: threading.Event | None = None,
-    options: RunOptions | None = None,
 ) -> RunReport:
     """Send (or with ``dry_run`` write out) every partition of the range; resume where it stopped.
 
     Partitions are UTC days from ``first_day`` (default: the pipeline's start_date) to
     ``last_day`` inclusive (default: yesterday), the complete days of late_rows.lookback_days
-    before it, and the undated rows. A destination whose credential is refused, whose URL is
+    before it, and the undated rows; ``options`` say how (restart, dry run, progress, ...). A
+    destination whose credential is refused, whose URL is
     not the vendor's API, or whose retries run out stops; the others go on. ``credentials``
     (destination -> key -> secret) replaces reading them from the environment, for callers that
     hold them already (Dagster resources). Setting ``stop`` stops the run gracefully: nothing
     more is sent, the answers still out are awaited a moment and committed. ``log`` hears what
     the run does, ``warn`` what went wrong (default: ``log``).
     """
-    options = options or RunOptions(restart, dry_run, progress, include_today)
+    options = options or RunOptions()
     days = partition_days(config, first_day, last_day, options.include_today)
     resolved = [resolve_destination(config, n) for n in config.destination_names(destinations)]
     # Every secret is read now, before anything is sent, so a missing one stops the run at once.
@@ -66,6 +62,8 @@ def run_backfill(
         credentials = {}
         if not options.dry_run:
             credentials = {d.name: resolve_credentials(d.name, d.config) for d in resolved}
+    for target in resolved:
+        check_credentials(target.name, target.config, credentials.get(target.name, {}))
     paced = any(d.paced for d in resolved)
     opened = RunContext.open(config, options, timing, log, warn or log, stop)
     with opened as run, tuned_interpreter(paced):

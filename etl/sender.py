@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -23,6 +23,7 @@ from etl.errors import (
     DeliveryError,
     EndpointError,
     FatalDeliveryError,
+    RequestNotBuiltError,
     RetriesExhaustedError,
     UnknownAnswerError,
 )
@@ -35,9 +36,22 @@ from etl.timing import REAL_TIME, Interrupted, Timing
 from etl.vendors.answers import Classified, Verdict
 
 log = logging.getLogger(__name__)
+E = TypeVar("E", bound=DeliveryError)
 
 USER_AGENT = f"etl-backfill/{__version__}"
 UNKNOWN_ATTEMPTS = 3  # answers that are not the vendor's, in a row, before the destination stops
+# Raised while a request is built (prepared, or checked by the adapter before it connects):
+# the request never left.
+NOT_BUILT = (
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.URLRequired,
+    requests.exceptions.InvalidJSONError,
+    UnicodeError,
+    ValueError,
+)
 
 
 class Departures(Protocol):
@@ -134,8 +148,8 @@ class Sender:
         Raises NotSent or Stopped when the run stops. ``request_id`` goes out as X-Request-Id
         (the batch's id in the ledger and the delivery log: a vendor's logs can be matched).
         """
-        if self._fatal is not None:
-            raise self._fatal
+        if self._fatal is not None:  # the destination stops: this batch never leaves
+            raise NotSent() from self._fatal
         result = SendResult()
         self._request_id.value = request_id
         self._send_part(payloads, list(range(len(payloads))), result, departures)
@@ -173,7 +187,13 @@ class Sender:
             self._wait_for_slot(result)
             if departures is not None:
                 departures.leaving(idx)
-            classified, status = self._attempt(body)
+            try:
+                classified, status = self._attempt(body)
+            except RequestNotBuiltError as exc:  # it never left: it counts nothing
+                if departures is not None:
+                    departures.not_landed(idx)
+                exc.nothing_left = result.requests == 0
+                raise self._give_up(exc) from None
             result.requests += 1
             result.last_status = status
             if classified.landed is False and departures is not None:
@@ -214,10 +234,29 @@ class Sender:
     def _attempt(self, body: bytes) -> tuple[Classified, int | None]:
         try:
             resp = self._http_post(body)
+        except NOT_BUILT as exc:
+            raise self._not_built(exc) from None
         except requests.RequestException as exc:
             return self._connection_problem(exc), None
         classified = self.vendor.classify(resp.status_code, resp.text, dict(resp.headers))
         return classified, resp.status_code
+
+    def _not_built(self, exc: Exception) -> RequestNotBuiltError:
+        """A request that could not be built: what to check. The exception's own text may
+        hold a header's value (the key): only its type is said."""
+        kind = type(exc).__name__
+        if isinstance(exc, requests.exceptions.InvalidHeader) or "header" in str(exc).lower():
+            check = (
+                f"a header's name or value is not valid: check {self.credential_hint} and "
+                f"destinations.{self.destination}.options"
+            )
+        else:
+            check = f"the URL {self.url!r} is not valid: check {self.where}"
+        return RequestNotBuiltError(
+            f"destination {self.destination!r}: the request could not be built ({kind}): "
+            f"{check}; nothing was sent",
+            nothing_left=True,
+        )
 
     def _connection_problem(self, exc: requests.RequestException) -> Classified:
         """A request without an answer: retried; it may have landed unless it never connected."""
@@ -256,7 +295,7 @@ class Sender:
                 )
             )
 
-    def _give_up(self, error: DeliveryError) -> DeliveryError:
+    def _give_up(self, error: E) -> E:
         self._fatal = error
         return error
 

@@ -19,22 +19,24 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from typing import IO, Protocol
 
-from etl.errors import DeliveryError
+from etl.errors import DeliveryError, RequestNotBuiltError
 from etl.events import Batch, SendResult, event_id_for
 from etl.sender import NotSent, Sender, Stopped
 from etl.state import StateStore
 from etl.state.ledger import Acknowledged
 
 # What a batch's answers mean for its partitions (in doubt, the cursor): (batch, result, in
-# order) -> what to commit. Then what the run does once they are committed.
+# order) -> what to commit.
 Account = Callable[[Batch, SendResult, bool], Acknowledged]
-Committed = Callable[[Acknowledged], None]
 
 
 class BatchSink(Protocol):
-    def submit(self, batch: Batch) -> None: ...
-    def drain(self) -> None: ...
-    def stop(self, grace: float) -> int: ...
+    """Takes batches; each call returns what it has committed since the last one, in order,
+    for the caller to close the partitions it completes."""
+
+    def submit(self, batch: Batch) -> list[Acknowledged]: ...
+    def drain(self) -> list[Acknowledged]: ...
+    def stop(self, grace: float) -> tuple[list[Acknowledged], int]: ...
 
 
 class BatchDepartures:
@@ -69,7 +71,8 @@ class BatchDepartures:
 
 
 class DeliverySink:
-    """Sends batches on a thread pool and commits their answers in order."""
+    """Sends batches on a thread pool and commits their answers in order. Passive: it never
+    calls back into the run but to ask what answers mean before it commits them."""
 
     def __init__(
         self,
@@ -78,7 +81,6 @@ class DeliverySink:
         store: StateStore,
         in_flight: int,
         account: Account,
-        committed: Committed,
         kind: str = "run",
     ) -> None:
         self.name = name
@@ -87,19 +89,20 @@ class DeliverySink:
         self.in_flight = in_flight
         self.limit = 1  # until the first answer shows the URL is the vendor's API
         self.account = account
-        self.committed = committed
         self.kind = kind
         self.pool = ThreadPoolExecutor(in_flight, thread_name_prefix=f"send-{name}")
         self.pending: deque[tuple[Batch, Future[SendResult]]] = deque()
+        self.committed_before_failure: list[Acknowledged] = []
 
-    def submit(self, batch: Batch) -> None:
+    def submit(self, batch: Batch) -> list[Acknowledged]:
         """Commit the batches answered (waiting for the oldest while ``in_flight`` are out),
-        mark this one as sent in the same transaction, and send it."""
+        mark this one as sent in the same transaction, and send it. Returns those committed
+        (a failure is raised after they are committed, and returned by :meth:`stop`)."""
         acknowledged, failure = self._finished(until=self.limit - 1)
         sending = batch if batch.size and failure is None else None
         self.store.commit(self.name, acknowledged, sending, self.kind)
-        self._committed(acknowledged)
         if failure is not None:
+            self.committed_before_failure = acknowledged
             raise failure
         future: Future[SendResult]
         if sending is not None:
@@ -108,6 +111,7 @@ class DeliverySink:
             future = Future()
             future.set_result(SendResult())
         self.pending.append((batch, future))
+        return acknowledged
 
     def _send(self, batch: Batch) -> SendResult:
         departures = BatchDepartures(self.store, self.name, batch)
@@ -128,24 +132,22 @@ class DeliverySink:
             return acknowledged, exc
         return acknowledged, None
 
-    def _committed(self, acknowledged: list[Acknowledged]) -> None:
-        for done in acknowledged:
-            self.committed(done)
-
-    def drain(self) -> None:
-        """Wait for every answer and commit them all."""
+    def drain(self) -> list[Acknowledged]:
+        """Wait for every answer and commit them all; returns them."""
         acknowledged, failure = self._finished(until=0)
         if acknowledged:
             self.store.commit(self.name, acknowledged)
-            self._committed(acknowledged)
         if failure is not None:
+            self.committed_before_failure = acknowledged
             raise failure
+        return acknowledged
 
-    def stop(self, grace: float) -> int:
+    def stop(self, grace: float) -> tuple[list[Acknowledged], int]:
         """Send nothing more; wait up to ``grace`` seconds for the answers still out; commit
         every answer that came back, and forget the batches none of whose requests left.
-        Returns the events of requests left unanswered (in doubt: their ledger rows say
-        which)."""
+        Returns what was committed (with what a failure raised by :meth:`submit` or
+        :meth:`drain` had committed before it), and the events of requests left unanswered
+        (in doubt: their ledger rows say which)."""
         self.sender.stopping.set()
         for batch, future in self.pending:
             if future.cancel():  # never started
@@ -166,6 +168,13 @@ class DeliverySink:
                 in_order = False
                 self.store.forget(self.name, batch)
                 continue
+            except RequestNotBuiltError as exc:  # never left: nothing of it is in doubt
+                in_order = False
+                if exc.nothing_left:
+                    self.store.forget(self.name, batch)
+                else:
+                    unanswered += batch.size
+                continue
             except (Stopped, DeliveryError):
                 in_order = False
                 unanswered += batch.size
@@ -174,9 +183,9 @@ class DeliverySink:
         self.pending.clear()
         if acknowledged:
             self.store.commit(self.name, acknowledged)
-            self._committed(acknowledged)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        return unanswered
+        earlier, self.committed_before_failure = self.committed_before_failure, []
+        return earlier + acknowledged, unanswered
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -185,12 +194,11 @@ class DeliverySink:
 class DryRunSink:
     """Writes each payload as a JSON line instead of sending it; touches no state."""
 
-    def __init__(self, name: str, out: IO[str], committed: Committed) -> None:
+    def __init__(self, name: str, out: IO[str]) -> None:
         self.name = name
         self.out = out
-        self.committed = committed
 
-    def submit(self, batch: Batch) -> None:
+    def submit(self, batch: Batch) -> list[Acknowledged]:
         for part in batch.slices:
             for index in range(part.start, part.end):
                 line = {
@@ -202,11 +210,12 @@ class DryRunSink:
                 }
                 self.out.write(json.dumps(line, ensure_ascii=False) + "\n")
         result = SendResult(delivered=list(range(batch.size)))
-        self.committed(Acknowledged(batch, result))
+        return [Acknowledged(batch, result)]
 
-    def drain(self) -> None:
+    def drain(self) -> list[Acknowledged]:
         self.out.flush()
+        return []
 
-    def stop(self, grace: float) -> int:
+    def stop(self, grace: float) -> tuple[list[Acknowledged], int]:
         self.out.flush()
-        return 0
+        return [], 0

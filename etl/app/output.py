@@ -13,6 +13,7 @@ from etl.events import event_id_for
 from etl.plan import Plan, format_duration
 from etl.reports import RunReport
 from etl.state import Checkpoint
+from etl.statuses import Mode, PartitionStatus, is_done
 from etl.windows import UNDATED, Outside
 
 _STATUS_COLUMNS = ("rows_read", "delivered", "dead_letters", "filtered", "in_doubt")
@@ -33,7 +34,8 @@ def print_summary(report: RunReport, dry_run: Path | None = None) -> None:
             f"{d.total('dead_letters'):>7,} {d.total('filtered'):>9,} {d.total('in_doubt'):>8,} "
             f"{d.events_per_second:>9,.0f} {d.total('throttled'):>5,} {d.total('retries'):>7,}"
         )
-        rechecked = [p for p in d.partitions if p.mode == "recheck"]
+        print_near_misses(*d.near_misses)
+        rechecked = [p for p in d.partitions if p.mode is Mode.RECHECK]
         if rechecked:
             click.echo(
                 f"  RE-CHECKED {len(rechecked)} day(s) for late rows: "
@@ -58,6 +60,16 @@ def print_summary(report: RunReport, dry_run: Path | None = None) -> None:
         click.echo(f"State tables: {', '.join(report.state_tables)} in {report.state_url}")
 
 
+def print_near_misses(count: int, first: str | None, indent: str = "  ") -> None:
+    """Rows a filter dropped only because of case or spaces: likely a typo in the filter."""
+    if count:
+        key, _, example = (first or "mapping.filter: ?").partition(": ")
+        click.echo(
+            f"{indent}NOTE: {count:,} rows filtered out by {key} only because of case or "
+            f"spaces, e.g. {example}"
+        )
+
+
 def print_outside(outside: Outside, last_day: Any, start_date: Any, indent: str = "") -> None:
     lines = outside.lines(last_day, start_date)
     if lines:
@@ -77,12 +89,12 @@ def print_plan(plan: Plan, by_partition: bool) -> None:
         click.echo(f"  not sent  {sum(rejected.values()):>10,}")
         for reason, count in rejected.most_common():
             click.echo(f"    {count:>10,}  {reason}")
-        for column, (count, example) in sorted(p.near_misses.items()):
-            click.echo(
-                f"  NOTE: {count:,} rows filtered out by mapping.filter.{column} only because of "
-                f"case or spaces, e.g. {example!r}"
-            )
-        if not p.total("to_send") and not p.total("rows"):
+        print_near_misses(p.total("near_misses"), p.near_miss)
+        for part in p.refused:
+            click.echo(f"  REFUSED {part.partition}: {part.refused}")
+        if p.refused:
+            click.echo("  etl run would stop here before sending anything to this destination")
+        elif not p.total("to_send") and not p.total("rows"):
             click.echo("  nothing left to send in this range")
         rate = f"{p.rate.requests:g} requests per {p.rate.per_seconds:g} s"
         click.echo(f"  estimated {format_duration(p.seconds)} at {rate} (the rate limit alone)")
@@ -92,10 +104,14 @@ def print_plan(plan: Plan, by_partition: bool) -> None:
                 f"{'filtered':>8} {'rejected':>8}"
             )
             for part in p.partitions:
+                mode = "refused" if part.refused else "held" if part.note else part.mode
                 click.echo(
-                    f"    {part.partition:<10} {part.mode:<8} {part.sent:>8,} {part.rows:>8,} "
+                    f"    {part.partition:<10} {mode:<8} {part.sent:>8,} {part.rows:>8,} "
                     f"{part.to_send:>8,} {part.filtered:>8,} {sum(part.rejected.values()):>8,}"
                 )
+        for part in p.partitions:
+            if part.note:
+                click.echo(f"  NOTE: {part.note}")
     print_outside(plan.outside, plan.last_day, plan.start_date)
 
 
@@ -121,8 +137,10 @@ def print_status_summary(
         "sending; "
         f"{undated_rows:,} rows without a readable timestamp"
     )
+    first_miss = next((cp.near_miss for cp in cps if cp.near_miss), None)
+    print_near_misses(sum(cp.near_misses for cp in cps), first_miss)
     for cp in cps:
-        if cp.status not in ("complete", "skipped") and cp.error:
+        if not is_done(cp.status) and cp.error:
             click.echo(f"  {cp.partition} {cp.status}: {cp.error}")
 
 
@@ -132,7 +150,7 @@ def print_status_table(cps: list[Checkpoint], show_skipped: bool) -> None:
         f"{'filtered':>8} {'in doubt':>8} {'deleted':>7} {'moved':>6} {'changed':>7}  updated"
     )
     for cp in cps:
-        if cp.status == "skipped" and not show_skipped:
+        if cp.status == PartitionStatus.SKIPPED and not show_skipped:
             continue
         updated = cp.updated_at.strftime("%Y-%m-%d %H:%M") if cp.updated_at else ""
         click.echo(
@@ -142,6 +160,7 @@ def print_status_table(cps: list[Checkpoint], show_skipped: bool) -> None:
         )
         if cp.error:
             click.echo(f"    {cp.error}")
+        print_near_misses(cp.near_misses, cp.near_miss, indent="    ")
     totals = {c: sum(getattr(cp, c) for cp in cps) for c in _STATUS_COLUMNS}
     click.echo(
         f"  {'total':<10} {'':<11} {totals['rows_read']:>8,} {totals['delivered']:>9,} "

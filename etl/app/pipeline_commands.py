@@ -32,6 +32,7 @@ from etl.errors import EtlError
 from etl.plan import plan_backfill
 from etl.ranges import yesterday
 from etl.replay import replay_dead_letters
+from etl.run_context import RunOptions
 from etl.runner import run_backfill
 from etl.source import Source
 from etl.state import generate_ddl, open_store
@@ -98,10 +99,12 @@ def run(
             destinations=list(destinations) or None,
             first_day=first_day,
             last_day=last_day,
-            restart=restart,
-            dry_run=dry_run,
-            include_today=include_today,
-            progress=not no_progress and sys.stderr.isatty(),
+            options=RunOptions(
+                restart=restart,
+                dry_run=dry_run,
+                include_today=include_today,
+                progress=not no_progress and sys.stderr.isatty(),
+            ),
             log=lambda m: click.echo(m, err=True),
             stop=stop,
         )
@@ -116,6 +119,7 @@ def run(
 @config_option
 @range_options
 @include_today_option
+@click.option("--restart", is_flag=True, help="Plan a run with --restart.")
 @click.option("--by-partition", is_flag=True, help="One line per partition as well.")
 def plan(
     config_path: Path,
@@ -123,11 +127,15 @@ def plan(
     first_day: date | None,
     last_day: date | None,
     include_today: bool,
+    restart: bool,
     by_partition: bool,
 ) -> None:
-    """What a run would send, filter and reject, and how long it would take. Sends nothing."""
+    """What a run would send, filter and reject, and how long it would take, partition by
+    partition as `etl run` would go through them (refusals included). Sends nothing."""
     config = load(config_path)
-    result = plan_backfill(config, list(destinations) or None, first_day, last_day, include_today)
+    result = plan_backfill(
+        config, list(destinations) or None, first_day, last_day, include_today, restart
+    )
     print_plan(result, by_partition)
 
 

@@ -4,8 +4,9 @@
 acknowledged batch changes, and ``store`` is the one object the rest of the tool talks to.
 """
 
+from etl.state.checkpoint import Checkpoint
 from etl.state.positions import decode_position, encode_position
-from etl.state.store import Checkpoint, StateStore, existing_store, open_store
+from etl.state.store import StateStore, existing_store, open_store
 from etl.state.tables import generate_ddl
 
 __all__ = [

@@ -24,9 +24,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from etl.state.tables import StateTables
+from etl.statuses import Outcome
 
 # one letter per row; "in doubt" is a delivered row with copies that may be extra
-CODES = {"d": "delivered", "x": "dead_letter", "f": "filtered"}
+CODES = {"d": Outcome.DELIVERED, "x": Outcome.DEAD_LETTER, "f": Outcome.FILTERED}
 GONE = ("deleted", "moved")  # how a row left the source's partition after it was read
 
 
@@ -76,7 +77,7 @@ class Entry:
     partition: str
     seq: int
     index: int
-    outcome: str  # delivered, in_doubt, dead_letter, filtered
+    outcome: Outcome
     content_hash: int | None
     in_doubt: int
     gone: str | None  # deleted or moved (see GONE), since a re-check
@@ -98,9 +99,9 @@ class LogSlice:
     def entry(self, i: int) -> Entry:
         copies = self.in_doubt.get(i, 0)
         outcome = CODES[self.codes[i]]
-        if outcome == "delivered" and copies:
-            outcome = "in_doubt"
-        digest = self.hashes[i] if outcome != "filtered" else None
+        if outcome is Outcome.DELIVERED and copies:
+            outcome = Outcome.IN_DOUBT
+        digest = self.hashes[i] if outcome is not Outcome.FILTERED else None
         gone = self.gone[i][1] if i in self.gone else None
         return Entry(self.partition, self.seq, i, outcome, digest, copies, gone)
 

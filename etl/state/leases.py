@@ -70,6 +70,17 @@ class Leases:
         with self._lock:
             self.held.add((destination, partition))
 
+    def held_elsewhere(self, destination: str, partition: str) -> LeaseHeldError | None:
+        """What :meth:`acquire` would raise now (another run holds the lease), without taking
+        it: None if it would be taken."""
+        t = self.table.c
+        stmt = sa.select(self.table).where(t.destination == destination, t.partition == partition)
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).mappings().first()
+        if row is None or row["holder"] == self.holder or self._passed(row, self.clock()):
+            return None
+        return self._held(destination, partition, row)
+
     def _take(self, destination: str, partition: str) -> None:
         t = self.table.c
         key = (t.destination == destination, t.partition == partition)

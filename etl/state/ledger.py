@@ -23,10 +23,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from etl.events import Batch, DeadLetter, SendResult, Slice, SliceCounts, event_id_for
+from etl.events import (
+    Batch,
+    DeadLetter,
+    SendResult,
+    Slice,
+    SliceCounts,
+    event_id_for,
+    near_miss_text,
+)
 from etl.state.deliveries import DeliveryLog, log_row
 from etl.state.positions import encode_position
 from etl.state.tables import ADVANCED, StateTables
+from etl.statuses import BatchStatus
 
 
 def now() -> datetime:
@@ -84,7 +93,7 @@ class Ledger:
             sa.update(batches)
             .where(key(batches), batches.c.seq == param("k_seq"))
             .values(
-                status="acked",
+                status=BatchStatus.ACKED,
                 attempts=param("v_attempts"),
                 last_http_status=param("v_status"),
                 acked_at=param("v_now"),
@@ -97,6 +106,7 @@ class Ledger:
         )
         cp = checkpoints.c
         counters = {name: cp[name] + param(f"d_{name}", type_=sa.BigInteger) for name in ADVANCED}
+        counters["near_miss"] = sa.func.coalesce(cp.near_miss, param("v_near_miss", type_=sa.Text))
         self._advance = (
             sa.update(checkpoints)
             .where(key(checkpoints))
@@ -124,7 +134,7 @@ class Ledger:
                 "last_position": encode_position(s.last),
                 "event_count": s.end - s.start,
                 "bytes": sum(map(len, batch.encoded[s.start : s.end])),
-                "status": "sent",
+                "status": BatchStatus.SENT,
                 "attempts": 1,
                 "sent_at": at,
                 "batch_id": batch.batch_id,
@@ -246,8 +256,11 @@ class Ledger:
                 "requests": result.requests if first else 0,
                 "retries": result.retries if first else 0,
                 "throttled": result.throttled if first else 0,
+                "near_misses": len(part.near_misses),
             }
-            advance = {f"d_{name}": value for name, value in deltas.items()}
+            advance: dict[str, object] = {f"d_{name}": value for name, value in deltas.items()}
+            first_miss = part.near_misses[0] if part.near_misses else None
+            advance["v_near_miss"] = near_miss_text(first_miss) if first_miss else None
             if part.partition not in done.hold_cursor:
                 cursor = {"v_cursor": encode_position(part.last)}
                 conn.execute(self._advance, {**keys, **cursor, "v_now": at, **advance})
@@ -328,7 +341,7 @@ def _quiet_slice(destination: str, batch: Batch, part: Slice, at: datetime) -> d
         "last_position": encode_position(part.last),
         "event_count": 0,
         "bytes": 0,
-        "status": "acked",
+        "status": BatchStatus.ACKED,
         "attempts": 0,
         "acked_at": at,
         "batch_id": batch.batch_id,

@@ -8,8 +8,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,52 +16,17 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from etl.config import PipelineConfig
 from etl.database import dispose, make_engine, safe_url
-from etl.errors import ConfigError, MappingChangedError, StateDatabaseError
-from etl.events import Batch, DeadLetter, Position
+from etl.errors import ConfigError, StateDatabaseError
+from etl.events import Batch, DeadLetter
+from etl.state.checkpoint import Checkpoint
 from etl.state.deliveries import DeliveryLog
 from etl.state.leases import Leases
 from etl.state.ledger import Acknowledged, Ledger, now, unknown_counts
 from etl.state.migrate import add_missing_columns, missing_columns
-from etl.state.positions import decode_position
 from etl.state.tables import ADVANCED, state_tables
+from etl.statuses import BatchStatus, PartitionStatus
 
-
-@dataclass(frozen=True)
-class Checkpoint:
-    destination: str
-    partition: str
-    status: str
-    cursor: Position | None
-    rows_read: int
-    delivered: int
-    dead_letters: int
-    filtered: int
-    in_doubt: int
-    requests: int
-    retries: int
-    throttled: int
-    deleted: int
-    moved: int
-    changed: int
-    fingerprint: str
-    error: str | None
-    started_at: datetime | None
-    updated_at: datetime | None
-    log_purged_at: datetime | None
-
-    @property
-    def balanced(self) -> bool:
-        return self.rows_read == self.delivered + self.dead_letters + self.filtered
-
-    @property
-    def present(self) -> int:
-        """Rows read that the source still holds: what a count of the partition should give."""
-        return self.rows_read - self.deleted - self.moved
-
-    @classmethod
-    def from_row(cls, row: Any) -> Checkpoint:
-        values = {name: row[name] for name in cls.__dataclass_fields__ if name != "cursor"}
-        return cls(**values, cursor=decode_position(row["cursor"]))
+MadeWith = tuple[str, str]  # what a partition's events are made with: fingerprint, settings JSON
 
 
 class StateStore:
@@ -128,14 +91,20 @@ class StateStore:
         return sa.and_(table.c.destination == destination, table.c.partition == partition)
 
     def _new_checkpoint(
-        self, destination: str, partition: str, status: str, fingerprint: str, error: str | None
+        self,
+        destination: str,
+        partition: str,
+        status: PartitionStatus,
+        made: MadeWith,
+        error: str | None,
     ) -> sa.Insert:
         at = now()
         return sa.insert(self.checkpoints).values(
             destination=destination,
             partition=partition,
             status=status,
-            fingerprint=fingerprint,
+            fingerprint=made[0],
+            settings=made[1],
             error=error,
             started_at=at,
             updated_at=at,
@@ -154,13 +123,13 @@ class StateStore:
         self,
         destination: str,
         partition: str,
-        fingerprint: str,
+        made: MadeWith,
         restart: bool = False,
-        status: str = "running",
+        status: PartitionStatus = PartitionStatus.RUNNING,
     ) -> Checkpoint:
-        """Open a partition for sending (``status``: running, or rechecking for late rows);
-        batches sent but never acknowledged become in doubt. ``restart`` forgets everything
-        of the partition first."""
+        """Open a partition for sending (``status``: running, or rechecking for late rows) with
+        the events' settings ``made`` (the planner has judged a change of them); batches sent
+        but never acknowledged become in doubt. ``restart`` forgets the partition first."""
         cp_key = self._key(self.checkpoints, destination, partition)
         with self._writing() as conn:
             row = conn.execute(sa.select(self.checkpoints).where(cp_key)).mappings().first()
@@ -169,17 +138,18 @@ class StateStore:
                     conn.execute(sa.delete(table).where(self._key(table, destination, partition)))
                 row = None
             if row is None:
-                conn.execute(
-                    self._new_checkpoint(destination, partition, status, fingerprint, None)
-                )
+                conn.execute(self._new_checkpoint(destination, partition, status, made, None))
             else:
-                refuse_changed_mapping(
-                    destination, partition, row["fingerprint"], row["rows_read"], fingerprint
-                )
                 conn.execute(
                     sa.update(self.checkpoints)
                     .where(cp_key)
-                    .values(status=status, fingerprint=fingerprint, error=None, updated_at=now())
+                    .values(
+                        status=status,
+                        fingerprint=made[0],
+                        settings=made[1],
+                        error=None,
+                        updated_at=now(),
+                    )
                 )
             self._doubt_unanswered(conn, destination, partition)
             row = conn.execute(sa.select(self.checkpoints).where(cp_key)).mappings().one()
@@ -196,20 +166,19 @@ class StateStore:
         conn.execute(
             sa.update(self.batches)
             .where(self._key(self.batches, destination, partition))
-            .where(self.batches.c.status == "sent")
-            .values(status="in_doubt")
+            .where(self.batches.c.status == BatchStatus.SENT)
+            .values(status=BatchStatus.IN_DOUBT)
         )
 
-    def mark_skipped(self, destination: str, partition: str, fingerprint: str, reason: str) -> None:
+    def mark_skipped(self, destination: str, partition: str, made: MadeWith, reason: str) -> None:
         """Record a partition that will not be sent (e.g. older than the vendor accepts),
         unless it was already sent or started."""
         with self._writing() as conn:
             key = self._key(self.checkpoints, destination, partition)
             if conn.execute(sa.select(self.checkpoints.c.status).where(key)).first() is not None:
                 return
-            conn.execute(
-                self._new_checkpoint(destination, partition, "skipped", fingerprint, reason)
-            )
+            skipped = PartitionStatus.SKIPPED
+            conn.execute(self._new_checkpoint(destination, partition, skipped, made, reason))
 
     def next_seq(self, destination: str, partition: str) -> int:
         stmt = sa.select(sa.func.max(self.batches.c.seq)).where(
@@ -223,7 +192,7 @@ class StateStore:
         self,
         destination: str,
         partition: str,
-        status: str,
+        status: PartitionStatus,
         error: str | None,
     ) -> None:
         """The partition's status after a run."""
@@ -236,7 +205,7 @@ class StateStore:
                     status=status,
                     error=error,
                     updated_at=at,
-                    completed_at=at if status == "complete" else None,
+                    completed_at=at if status == PartitionStatus.COMPLETE else None,
                 )
             )
 
@@ -299,7 +268,7 @@ class StateStore:
         b = self.batches.c
         stmt = sa.select(b.event_keys, b.unknown).where(
             self._key(self.batches, destination, partition),
-            b.status == "in_doubt",
+            b.status == BatchStatus.IN_DOUBT,
             b.kind == kind,
         )
         counts: Counter[str] = Counter()
@@ -394,19 +363,6 @@ def refused(exc: OperationalError, url: str) -> StateDatabaseError:
         f"the state database {url} refused to record progress ({why}: {text}); nothing was "
         "lost: what was sent since its last record is in doubt and is resolved when you run again"
     )
-
-
-def refuse_changed_mapping(
-    destination: str, partition: str, was: str, rows_read: int, fingerprint: str
-) -> None:
-    """A partition read with another mapping than today's is not continued silently."""
-    if was != fingerprint and rows_read > 0:
-        raise MappingChangedError(
-            f"destination {destination!r}, partition {partition}: the mapping changed "
-            f"since {rows_read} rows of this partition were processed "
-            f"(fingerprint {was} -> {fingerprint}); rerun with "
-            f"--restart to send this partition again from its start"
-        )
 
 
 def existing_store(config: PipelineConfig) -> StateStore | None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 COUNTERS = ("rows_read", "delivered", "dead_letters", "filtered", "in_doubt")
-ADVANCED = (*COUNTERS, "requests", "retries", "throttled")  # what a committed batch adds
+# what a committed batch adds
+ADVANCED = (*COUNTERS, "requests", "retries", "throttled", "near_misses")
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,28 @@ class StateTables:
         ]
 
 
+_TS = sa.DateTime(timezone=True)
+
+
 def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> StateTables:
     """The state tables, named ``<prefix>checkpoints`` and so on."""
-    ts = sa.DateTime(timezone=True)
-    checkpoints = sa.Table(
+    return StateTables(
+        *(
+            declare(metadata, prefix, schema)
+            for declare in (
+                _checkpoints,
+                _batches,
+                _dead_letters,
+                _deliveries,
+                _leases,
+                _rate_budget,
+            )
+        )
+    )
+
+
+def _checkpoints(metadata: sa.MetaData, prefix: str, schema: str | None) -> sa.Table:
+    return sa.Table(
         f"{prefix}checkpoints",
         metadata,
         sa.Column("destination", sa.String(100), primary_key=True),
@@ -54,17 +73,23 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
                 ("deleted", "rows read, then gone from the source (not sent again)"),
                 ("moved", "rows read, then moved to another day by a new timestamp (sent there)"),
                 ("changed", "rows whose content changed after they were read (not sent again)"),
+                ("near_misses", "rows filtered only because of case or spaces in a value"),
             )
         ),
+        sa.Column("near_miss", sa.Text, comment="the first such: mapping.filter column, value"),
         sa.Column("fingerprint", sa.String(32), nullable=False),
+        sa.Column("settings", sa.Text, comment="JSON {event setting: hash}: names a change"),
         sa.Column("error", sa.Text),
-        sa.Column("started_at", ts, nullable=False),
-        sa.Column("updated_at", ts, nullable=False),
-        sa.Column("completed_at", ts),
-        sa.Column("log_purged_at", ts, comment="delivery log purged: late rows not re-checked"),
+        sa.Column("started_at", _TS, nullable=False),
+        sa.Column("updated_at", _TS, nullable=False),
+        sa.Column("completed_at", _TS),
+        sa.Column("log_purged_at", _TS, comment="delivery log purged: late rows not re-checked"),
         schema=schema,
     )
-    batches = sa.Table(
+
+
+def _batches(metadata: sa.MetaData, prefix: str, schema: str | None) -> sa.Table:
+    return sa.Table(
         f"{prefix}batches",
         metadata,
         sa.Column("destination", sa.String(100), primary_key=True),
@@ -77,8 +102,8 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         sa.Column("status", sa.String(20), nullable=False, comment="sent, acked, in_doubt"),
         sa.Column("attempts", sa.Integer, nullable=False, default=0),
         sa.Column("last_http_status", sa.Integer),
-        sa.Column("sent_at", ts),
-        sa.Column("acked_at", ts),
+        sa.Column("sent_at", _TS),
+        sa.Column("acked_at", _TS),
         sa.Column("batch_id", sa.String(40), comment="the request(s) that carried this slice"),
         sa.Column(
             "kind", sa.String(10), nullable=False, server_default="run", comment="run, replay"
@@ -93,7 +118,10 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         sa.Index(f"ix_{prefix}batches_batch_id", "destination", "batch_id"),
         schema=schema,
     )
-    dead_letters = sa.Table(
+
+
+def _dead_letters(metadata: sa.MetaData, prefix: str, schema: str | None) -> sa.Table:
+    return sa.Table(
         f"{prefix}dead_letters",
         metadata,
         sa.Column("destination", sa.String(100), primary_key=True),
@@ -104,11 +132,14 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         sa.Column("vendor_status", sa.Integer),
         sa.Column("vendor_message", sa.Text),
         sa.Column("payload", sa.Text, nullable=False, comment="JSON: the payload, or the row"),
-        sa.Column("created_at", ts, nullable=False),
-        sa.Column("replayed_at", ts),
+        sa.Column("created_at", _TS, nullable=False),
+        sa.Column("replayed_at", _TS),
         schema=schema,
     )
-    deliveries = sa.Table(
+
+
+def _deliveries(metadata: sa.MetaData, prefix: str, schema: str | None) -> sa.Table:
+    return sa.Table(
         f"{prefix}deliveries",
         metadata,
         sa.Column("destination", sa.String(100), primary_key=True),
@@ -126,11 +157,14 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         sa.Column(
             "gone", sa.Text, comment='JSON {index: [when, "deleted" or "moved"]}: left the source'
         ),
-        sa.Column("recorded_at", ts, nullable=False),
+        sa.Column("recorded_at", _TS, nullable=False),
         schema=schema,
         comment="the per-row delivery log, a row per slice: which source row went where",
     )
-    leases = sa.Table(
+
+
+def _leases(metadata: sa.MetaData, prefix: str, schema: str | None) -> sa.Table:
+    return sa.Table(
         f"{prefix}leases",
         metadata,
         sa.Column("destination", sa.String(100), primary_key=True),
@@ -138,12 +172,15 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         sa.Column("holder", sa.String(200), nullable=False, comment="host:pid:token"),
         sa.Column("host", sa.String(100), nullable=False),
         sa.Column("pid", sa.Integer, nullable=False),
-        sa.Column("acquired_at", ts, nullable=False),
+        sa.Column("acquired_at", _TS, nullable=False),
         sa.Column("expires_at", sa.Double, nullable=False, comment="seconds since the epoch"),
         schema=schema,
         comment="one run per destination and partition at a time",
     )
-    rate_budget = sa.Table(
+
+
+def _rate_budget(metadata: sa.MetaData, prefix: str, schema: str | None) -> sa.Table:
+    return sa.Table(
         f"{prefix}rate_budget",
         metadata,
         sa.Column(
@@ -157,7 +194,6 @@ def state_tables(metadata: sa.MetaData, prefix: str, schema: str | None) -> Stat
         ),
         schema=schema,
     )
-    return StateTables(checkpoints, batches, dead_letters, deliveries, leases, rate_budget)
 
 
 def generate_ddl(dialect_name: str = "postgresql", prefix: str = "etl_") -> str:

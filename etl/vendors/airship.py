@@ -8,7 +8,7 @@ window are skipped, and rows older than it in the partition that straddles it ar
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from etl.config import MappingConfig, RateLimit
 from etl.events import Event
@@ -27,6 +27,7 @@ MAX_PROPERTY_CHARS = 255
 
 
 class AirshipOptions(VendorOptions):
+    transport: ClassVar[frozenset[str]] = frozenset({"region"})
     region: Literal["us", "eu"] = "us"
     # Events this close to the 90-day edge are not sent: they could age out in transit.
     window_margin_minutes: int = 60

@@ -26,6 +26,9 @@ class VendorOptions(BaseModel):
     """Vendor-specific settings under ``destinations.<name>.options``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Options that change only how a request travels (host, path, auth header, endpoint), not
+    # what an event holds: a partition may go on with them changed.
+    transport: ClassVar[frozenset[str]] = frozenset()
 
 
 @dataclass(frozen=True)

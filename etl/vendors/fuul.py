@@ -7,7 +7,7 @@ the batch endpoint both mean the event is already stored, i.e. delivered.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from etl.config import MappingConfig, RateLimit
 from etl.events import Event
@@ -35,6 +35,7 @@ def identifier_problem(identifier: str, kind: str | None) -> str | None:
 
 
 class FuulOptions(VendorOptions):
+    transport: ClassVar[frozenset[str]] = frozenset({"endpoint"})
     endpoint: Literal["batch", "single"] = "batch"
 
 

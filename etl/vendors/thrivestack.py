@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from etl.config import MappingConfig, RateLimit
 from etl.events import Event
@@ -13,6 +13,7 @@ MAX_BYTES = 2_000_000  # "2 MB": the smaller reading, so that either reading acc
 
 
 class ThriveStackOptions(VendorOptions):
+    transport: ClassVar[frozenset[str]] = frozenset({"auth"})
     auth: Literal["x-api-key", "bearer"] = "x-api-key"
 
 

@@ -8,7 +8,7 @@ and every row is checked against them before anything is sent.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from etl.config import MappingConfig, RateLimit
 from etl.events import Event
@@ -22,6 +22,7 @@ _HOSTS = {
 
 
 class TorqueOptions(VendorOptions):
+    transport: ClassVar[frozenset[str]] = frozenset({"api", "path", "key_header"})
     api: Literal["ingest", "legacy"] = "ingest"
     path: str | None = None  # overrides the api's path
     key_header: str | None = None  # overrides the api's header name

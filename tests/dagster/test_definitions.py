@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
+import yaml
 
 from dagster_project.factory import build_definitions
 from etl.events import event_id_for
@@ -131,6 +132,21 @@ def test_each_partition_materializes_with_its_own_numbers(pipeline: Path, sandbo
     assert all(e.passed for e in checks)
     secret = os.environ["FUUL_API_KEY"]
     assert secret not in json.dumps([str(metadata(m)) for m in materializations])
+
+
+def test_near_misses_are_in_each_days_metadata(pipeline: Path):
+    """A filter value that differs from the data only by case: each day says how many rows it
+    dropped for that alone, as `etl status` does."""
+    doc = yaml.safe_load(pipeline.read_text())
+    doc["destinations"][DESTINATION]["mapping"]["filter"] = {"action": ["Game_Played", "purchase"]}
+    pipeline.write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = materialize(pipeline)
+    assert result.success
+    cps = state_checkpoints(pipeline)
+    for event in result.asset_materializations_for_node("fuul_rewards"):
+        meta, cp = metadata(event), cps[event.partition]
+        assert meta["near_misses"] == cp.near_misses > 0
+        assert meta["near_miss"] == "mapping.filter.action: 'game_played'"
 
 
 def test_a_rerun_with_nothing_to_send_keeps_the_numbers(pipeline: Path, sandbox):

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from etl.events import event_id_for
 from etl.loader import load_pipeline
+from etl.run_context import RunOptions
 from etl.runner import run_backfill
 from etl.state import StateStore
 from tests.conftest import DESTINATION, Warehouse, write_pipeline
@@ -64,7 +65,10 @@ def expected_by_partition(path: Path) -> tuple[Counter[str], dict[str, str]]:
         out = Path(tmp) / "expected.jsonl"
         first = load_pipeline(path).start_date
         run_backfill(
-            load_pipeline(path), first_day=first, last_day=first + timedelta(days=3), dry_run=out
+            load_pipeline(path),
+            first_day=first,
+            last_day=first + timedelta(days=3),
+            options=RunOptions(dry_run=out),
         )
         lines = [json.loads(line) for line in out.read_text().splitlines()]
     payloads = [canonical(line["payload"]) for line in lines]

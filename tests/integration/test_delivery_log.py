@@ -10,10 +10,9 @@ import yaml
 from click.testing import CliRunner
 
 from etl.app.cli import cli
-from etl.destination import resolve_destination
 from etl.events import event_id_for
 from etl.loader import load_pipeline
-from etl.partition import DestinationContext, plan_task
+from etl.planner import plan_task
 from etl.source import Source
 from tests.conftest import DESTINATION, warehouse_of
 from tests.integration.scenario import run, setup, store_of
@@ -73,12 +72,12 @@ def test_the_log_is_purged_after_its_retention(tmp_path, sandbox, clock):
         )
         # a purged day is not re-checked: it cannot tell its late rows from the others
         config = load_pipeline(path)
-        ctx = DestinationContext(resolve_destination(config, DESTINATION), Source(config), store)
+        source = Source(config)
         gone = next(iter(known_before))
         engine = warehouse.engine()
         with engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM user_actions WHERE id = :id"), {"id": int(gone)})
         engine.dispose()
-        assert ctx.source.count_partition(date.fromisoformat(first)) != partitions[first].present
-        task = plan_task(ctx, date.fromisoformat(first), partitions[first])
+        assert source.count_partition(date.fromisoformat(first)) != partitions[first].present
+        task = plan_task(source, date.fromisoformat(first), partitions[first])
         assert task.mode == "skip"

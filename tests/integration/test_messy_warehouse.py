@@ -126,8 +126,13 @@ def test_plan_run_and_status_count_the_rows_outside_every_day(tmp_path, sandbox,
         )
         report = run_range(path, clock)
         assert report.ok
+        assert report.destinations[0].near_misses == (
+            spaces,
+            "mapping.filter.action: ' game_played '",
+        )
         status = CliRunner().invoke(cli, ["status", "-c", str(path)])
         assert status.exit_code == 0
+        assert f"NOTE: {spaces} rows filtered out by mapping.filter.action" in status.output
         assert f"{messy.NULLS + len(messy.GARBAGE)} rows without a readable timestamp" in (
             status.output
         )

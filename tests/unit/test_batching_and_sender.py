@@ -9,10 +9,10 @@ import requests
 from etl.batching import Batcher
 from etl.config import DestinationConfig, SourceConfig
 from etl.destination import Destination
-from etl.errors import FatalDeliveryError, RetriesExhaustedError
+from etl.errors import FatalDeliveryError, RequestNotBuiltError, RetriesExhaustedError
 from etl.events import Event, Filtered, Rejected
 from etl.prepare import encode_outcomes
-from etl.sender import Sender
+from etl.sender import NotSent, Sender
 from etl.vendors.fuul import Fuul, FuulOptions
 from tests.fakes import FakeClock
 
@@ -237,5 +237,34 @@ def test_the_environment_s_proxy_is_used(monkeypatch, clock):
     plain = sender(None, clock)
     try:
         assert plain._environment["proxies"]["http"] == "http://proxy.internal:3128"
+    finally:
+        plain.close()
+
+
+class RecordedDepartures:
+    def __init__(self) -> None:
+        self.unknown = 0
+
+    def leaving(self, indexes: list[int]) -> None:
+        self.unknown += len(indexes)
+
+    def not_landed(self, indexes: list[int]) -> None:
+        self.unknown -= len(indexes)
+
+
+@pytest.mark.parametrize("key", ["secret-key\n", "secret\rkey"])
+def test_a_request_that_cannot_be_built_never_left(clock, key):
+    """requests refuses the header while preparing: nothing left, nothing may have landed,
+    the destination stops, and the key is not in the message."""
+    plain = sender(None, clock)
+    plain._headers["Authorization"] = f"Bearer {key}"
+    departures = RecordedDepartures()
+    try:
+        with pytest.raises(RequestNotBuiltError) as raised:
+            plain.send(encoded(3), departures)
+        assert raised.value.nothing_left and departures.unknown == 0
+        assert "secret" not in str(raised.value) and "InvalidHeader" in str(raised.value)
+        with pytest.raises(NotSent):  # the batches after it never leave either
+            plain.send(encoded(1), departures)
     finally:
         plain.close()

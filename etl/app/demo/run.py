@@ -18,6 +18,7 @@ from etl.loader import load_pipeline
 from etl.reports import DestinationReport, PartitionReport, RunReport
 from etl.sandbox import SANDBOX_CREDENTIALS, start_sandbox
 from etl.state import open_store
+from etl.statuses import PartitionStatus, is_done
 
 TIME_SCALE = 600.0
 TORQUE_EVENTS = {"purchase": {"amount": "number", "game": "string"}}
@@ -102,6 +103,7 @@ _COUNTED = (
     "in_doubt",
     "retries",
     "throttled",
+    "near_misses",
 )
 
 
@@ -122,8 +124,8 @@ def progress_of(config: PipelineConfig, first: date, last: date) -> Totals:
                 for c in cps
                 if c.updated_at and c.started_at
             )
-            totals[name]["skipped"] = sum(1 for c in cps if c.status == "skipped")
-            totals[name]["failed"] = sum(1 for c in cps if c.status not in ("complete", "skipped"))
+            totals[name]["skipped"] = sum(1 for c in cps if c.status == PartitionStatus.SKIPPED)
+            totals[name]["failed"] = sum(1 for c in cps if not is_done(c.status))
         return totals
 
 
@@ -146,7 +148,7 @@ def run_report_since(
                 "skipped (see etl status --all)"
             )
         if after[name]["failed"]:
-            partition.status = "failed"
+            partition.status = PartitionStatus.FAILED
             partition.error = f"{after[name]['failed']} partitions failed: see etl status"
         reports.append(report)
     with closing(open_store(config)) as store:
