@@ -216,3 +216,15 @@ def _sandbox_keys(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for variable, key in SANDBOX_CREDENTIALS.items():
         monkeypatch.setenv(variable, key)
+
+
+# `slow` means what it says: a test that starts a server (the sandbox vendors, `dagster dev`),
+# another process (a reader process, `etl` in a child) or a whole backfill (which sends to the
+# sandbox). Tests that use these fixtures are marked here; the others mark themselves.
+SLOW_FIXTURES = frozenset({"sandbox", "fast_sandbox", "pipeline", "reader", "ui", "slow_ui"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

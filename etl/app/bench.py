@@ -138,7 +138,11 @@ class Sandbox:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a loaded machine: it is not let run on
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 def _free_port() -> int:

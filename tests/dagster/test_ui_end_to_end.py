@@ -118,6 +118,7 @@ def dagster_dev(tmp: Path, latency_ms: float = 0) -> Iterator[tuple[Ui, Path]]:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, 9)
+                proc.wait(timeout=30)
             log.close()
             sandbox.stop()
 

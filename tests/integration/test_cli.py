@@ -107,6 +107,7 @@ def test_dry_run_from_the_command_line(tmp_path, warehouse, sandbox):
     assert out_file.read_text().count("\n") > 0
 
 
+@pytest.mark.slow
 def test_demo_small_then_again(tmp_path: Path):
     directory = tmp_path / "demo"
     code, out = invoke("demo", "--dir", str(directory), "--rows", "3000", "--days", "10")
@@ -140,6 +141,7 @@ def _main(code: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_the_quick_exit_keeps_what_a_normal_exit_does():
     """`main` leaves without the interpreter's teardown, yet every line is written, the exit
     code kept, and atexit handlers (temporary directories, ``weakref.finalize``) run."""
@@ -156,6 +158,7 @@ def test_the_quick_exit_keeps_what_a_normal_exit_does():
     assert (version.returncode, version.stdout.startswith("etl, version ")) == (0, True)
 
 
+@pytest.mark.slow
 def test_the_exit_waits_for_a_thread_still_at_work(tmp_path: Path):
     marker = tmp_path / "written"
     done = _main(

@@ -76,6 +76,7 @@ def test_lost_responses_are_counted_in_doubt(tmp_path, warehouse, sandbox, clock
     assert report.destinations[0].total("in_doubt") == in_doubt
 
 
+@pytest.mark.slow
 def test_torque_rejections_name_the_parameter(tmp_path, warehouse, clock):
     """The dashboard defines amount as a string: the vendor refuses numbers, per event."""
     server = start_sandbox(
@@ -127,6 +128,7 @@ def test_airship_skips_history_older_than_its_window(tmp_path, warehouse, sandbo
     assert sandbox.sandbox.stats == {}
 
 
+@pytest.mark.slow
 def test_a_sandbox_in_its_own_process_keeps_its_records_out_of_the_collector():
     """`etl sandbox` keeps every accepted event to the end: frozen out of the cycle collector's
     walks, which a million records made half of its CPU."""
