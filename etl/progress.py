@@ -22,13 +22,13 @@ class ProgressLog:
 
     def __init__(
         self,
-        destination: Destination,
+        target: Destination,
         total: int,
         every: int,
         say: Say,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.name = destination.name
+        self.name = target.name
         self.total = max(total, 0)
         self.every = every
         self.say = say
@@ -37,10 +37,10 @@ class ProgressLog:
         self.batches = 0
         self.rows = 0
         self.delivered = 0
-        rate = destination.rate
+        rate = target.rate
         self.paced = (
             f"; paced by the limit of {rate.requests:g} requests per {rate.per_seconds:g} s"
-            if destination.paced
+            if target.paced
             else ""
         )
 

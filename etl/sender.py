@@ -82,7 +82,7 @@ class Sender:
 
     def __init__(
         self,
-        destination: Destination,
+        target: Destination,
         credentials: dict[str, str],
         *,
         timing: Timing = REAL_TIME,
@@ -94,21 +94,21 @@ class Sender:
         """``buckets``: the run's token buckets, shared by its destinations that send to one
         endpoint with one key; ``shared``: the budget shared with other processes, if any;
         ``stopping``: set when the run stops (no request leaves after it)."""
-        config = destination.config
-        self.destination = destination.name
-        self.vendor = destination.vendor
-        self.url = destination.url
+        config = target.config
+        self.destination = target.name
+        self.vendor = target.vendor
+        self.url = target.url
         self.timeout = config.timeout_seconds
         self.policy = RetryPolicy(max_attempts=config.max_attempts, jitter=timing.jitter)
-        self.credential_hint = destination.credential_hint
-        self.where = f"destinations.{destination.name}.base_url"
+        self.credential_hint = target.credential_hint
+        self.where = f"destinations.{target.name}.base_url"
         self._sleep = timing.sleep
         self._headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
             **self.vendor.headers(credentials),
         }
-        rate = destination.rate
+        rate = target.rate
         self.bucket = (buckets or BucketRegistry()).get(
             self.url,
             credential_string(credentials),
@@ -126,7 +126,7 @@ class Sender:
         self._fatal: DeliveryError | None = None
         if session is None:
             session = requests.Session()
-            size = 2 * destination.requests_in_flight + 1
+            size = 2 * target.requests_in_flight + 1
             adapter = HTTPAdapter(pool_connections=1, pool_maxsize=size)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
@@ -340,7 +340,7 @@ class Sender:
 
 
 def open_sender(
-    destination: Destination,
+    target: Destination,
     credentials: dict[str, str],
     store: StateStore | None,
     *,
@@ -351,15 +351,15 @@ def open_sender(
     """The sender of a configured destination, with the budget it shares with other processes
     (in ``store``) when its ``rate_limit.shared`` says so."""
     shared = None
-    if destination.rate.shared and store is not None:
+    if target.rate.shared and store is not None:
         shared = SharedBucket(
             store.engine,
             store.rate_budget,
-            destination.url,
+            target.url,
             credential_string(credentials),
-            destination.rate,
+            target.rate,
             sleep=timing.sleep,
         )
     return Sender(
-        destination, credentials, timing=timing, buckets=buckets, shared=shared, stopping=stopping
+        target, credentials, timing=timing, buckets=buckets, shared=shared, stopping=stopping
     )
