@@ -2,12 +2,16 @@
 
 A run takes the lease of a partition before it sends it and gives it back when the partition is
 done. The lease names its holder (host, pid) and expires unless renewed: a run renews its leases
-while it lasts (:meth:`Leases.heartbeat`), so the lease of a run that was killed passes after
-``ttl`` seconds, or at once when the holder was a process of this host that no longer exists.
+while it lasts (:meth:`Leases.heartbeat`). Expiry is dated and judged by the state database's
+clock (PostgreSQL's ``clock_timestamp()``), never by a host's own: hosts whose clocks differ by
+minutes agree on when a lease has passed. A killed run's lease passes after ``ttl`` seconds, or
+at once when its holder was a process of this very machine (the same host, boot and process
+namespace) that no longer exists; a holder elsewhere is never judged by a pid of this machine.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
@@ -16,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -37,6 +42,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def machine_identity() -> str:
+    """This machine as a holder names it: host name, boot and process namespace, so that a pid
+    is only ever judged where it means the same process (a container or a host rebooted since
+    shares a host name, not a boot and a process namespace)."""
+    parts = [socket.gethostname()]
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        with suppress(OSError):
+            source = Path(path)
+            parts.append(source.read_text().strip() if source.is_file() else os.readlink(path))
+    return "/".join(parts)
+
+
 class Leases:
     """The leases this process holds, and taking one."""
 
@@ -45,19 +62,22 @@ class Leases:
         engine: Engine,
         table: sa.Table,
         ttl: float = TTL_SECONDS,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
+        """``clock``: seconds since the epoch; by default the state database's (PostgreSQL's),
+        or this machine's for a SQLite file (one machine only)."""
         self.engine = engine
         self.table = table
         self.ttl = ttl
-        self.clock = clock
         self.host = socket.gethostname()[:100]
         self.pid = os.getpid()
-        self.holder = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:12]}"
+        self.machine = machine_identity()
+        self.holder = f"{self.host}:{self.pid}:{_digest(self.machine)}:{uuid.uuid4().hex[:8]}"
         self.held: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._beat: threading.Thread | None = None
         self._stop = threading.Event()
+        self._now = _database_clock(engine, clock)
 
     def acquire(self, destination: str, partition: str) -> None:
         """Take the partition's lease, or raise LeaseHeldError naming the run that holds it."""
@@ -70,50 +90,58 @@ class Leases:
         with self._lock:
             self.held.add((destination, partition))
 
-    def held_elsewhere(self, destination: str, partition: str) -> LeaseHeldError | None:
-        """What :meth:`acquire` would raise now (another run holds the lease), without taking
-        it: None if it would be taken."""
+    def _key(self, destination: str, partition: str) -> tuple[sa.ColumnElement[bool], ...]:
         t = self.table.c
-        stmt = sa.select(self.table).where(t.destination == destination, t.partition == partition)
-        with self.engine.connect() as conn:
-            row = conn.execute(stmt).mappings().first()
-        if row is None or row["holder"] == self.holder or self._passed(row, self.clock()):
-            return None
-        return self._held(destination, partition, row)
+        return (t.destination == destination, t.partition == partition)
+
+    def _values(self) -> dict[str, object]:
+        return {
+            "holder": self.holder,
+            "host": self.host,
+            "pid": self.pid,
+            "acquired_at": now(),
+            "expires_at": self._now() + self.ttl,
+        }
 
     def _take(self, destination: str, partition: str) -> None:
+        key = self._key(destination, partition)
         t = self.table.c
-        key = (t.destination == destination, t.partition == partition)
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(self.table).where(*key)).mappings().first()
-            at = self.clock()
-            values = {
-                "holder": self.holder,
-                "host": self.host,
-                "pid": self.pid,
-                "acquired_at": now(),
-                "expires_at": at + self.ttl,
-            }
             if row is None:
-                insert = sa.insert(self.table)
-                conn.execute(insert.values(destination=destination, partition=partition, **values))
+                insert = sa.insert(self.table).values(
+                    destination=destination, partition=partition, **self._values()
+                )
+                conn.execute(insert)
                 return
-            if row["holder"] != self.holder and not self._passed(row, at):
-                raise self._held(destination, partition, row)
-            taken = conn.execute(
-                sa.update(self.table)
-                .where(*key, t.holder == row["holder"], t.expires_at == row["expires_at"])
-                .values(**values)
-            ).rowcount
-            if taken != 1:  # taken by another run a moment ago
+            if row["holder"] == self.holder or self._ended_here(row["holder"]):
+                passed = t.holder == row["holder"]
+            else:  # judged by the database's clock only
+                passed = t.expires_at < self._now()
+            update = sa.update(self.table).where(*key, passed).values(**self._values())
+            if conn.execute(update).rowcount != 1:
                 row = conn.execute(sa.select(self.table).where(*key)).mappings().one()
                 raise self._held(destination, partition, row)
 
-    def _passed(self, row: sa.RowMapping, at: float) -> bool:
-        """The lease expired, or its holder was a process of this host that has ended."""
-        if row["expires_at"] < at:
-            return True
-        return bool(row["host"] == self.host and not _alive(int(row["pid"])))
+    def _ended_here(self, holder: str) -> bool:
+        """The holder was a process of this machine that has ended (a holder elsewhere, or of
+        an earlier version that did not name its machine, is judged by its expiry alone)."""
+        parts = holder.split(":")
+        if len(parts) != 4 or parts[2] != _digest(self.machine) or not parts[1].isdigit():
+            return False
+        return not _alive(int(parts[1]))
+
+    def held_elsewhere(self, destination: str, partition: str) -> LeaseHeldError | None:
+        """What :meth:`acquire` would raise now (another run holds the lease), without taking
+        it: None if it would be taken."""
+        stmt = sa.select(self.table, self._now().label("db_now"))
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt.where(*self._key(destination, partition))).mappings().first()
+        if row is None or row["holder"] == self.holder or self._ended_here(row["holder"]):
+            return None
+        if row["expires_at"] < row["db_now"]:
+            return None
+        return self._held(destination, partition, row)
 
     def _held(self, destination: str, partition: str, row: sa.RowMapping) -> LeaseHeldError:
         since = row["acquired_at"]
@@ -130,9 +158,7 @@ class Leases:
         with self.engine.begin() as conn:
             conn.execute(
                 sa.delete(self.table).where(
-                    t.destination == destination,
-                    t.partition == partition,
-                    t.holder == self.holder,
+                    *self._key(destination, partition), t.holder == self.holder
                 )
             )
         with self._lock:
@@ -145,7 +171,7 @@ class Leases:
             conn.execute(
                 sa.update(self.table)
                 .where(t.holder == self.holder)
-                .values(expires_at=self.clock() + self.ttl)
+                .values(expires_at=self._now() + self.ttl)
             )
 
     def heartbeat(self) -> None:
@@ -170,3 +196,19 @@ class Leases:
             self._beat = None
         for destination, partition in list(self.held):
             self.release(destination, partition)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _database_clock(
+    engine: Engine, clock: Callable[[], float] | None
+) -> Callable[[], sa.ColumnElement[float]]:
+    """Now, in seconds since the epoch, as a SQL expression: the database's own clock where
+    several hosts may share it (PostgreSQL), else ``clock`` (by default this machine's)."""
+    if clock is None and engine.dialect.name == "postgresql":
+        at = sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Float)
+        return lambda: at
+    read = clock or time.time
+    return lambda: sa.literal(read(), sa.Float)
