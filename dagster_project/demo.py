@@ -2,6 +2,7 @@
 instance of $DAGSTER_HOME, so that `dagster dev` on that instance shows the runs, the
 materializations and the checks. Used by `etl demo`."""
 
+import os
 import shutil
 from collections.abc import Callable
 from datetime import date, timedelta
@@ -22,9 +23,11 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def prepare_home(home: Path) -> Path:
-    """A DAGSTER_HOME with this project's instance settings (brought up to date if there)."""
+    """A DAGSTER_HOME with this project's instance settings (brought up to date if there),
+    made this process's $DAGSTER_HOME (the instance file's storage reads it)."""
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(INSTANCE_TEMPLATE, home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home.resolve())
     return home
 
 
