@@ -9,22 +9,35 @@ from typing import Any
 import dagster as dg
 import requests
 
+from dagster_project.names import Names
 from etl.config import PipelineConfig
 from etl.state import existing_store
 
 TIMEOUT_SECONDS = 10
+JOB_NAME = "send_daily"  # dagster_project.factory.JOB (imported by the factory from here)
 
 
-def alert(config: PipelineConfig, run: dg.DagsterRun, status: str, reason: str) -> dict[str, Any]:
+def destinations_of(config: PipelineConfig, run: dg.DagsterRun, names: Names) -> list[str]:
+    """The destinations of this pipeline that a run was asked to send (all of them for a run
+    of its job without a selection)."""
+    if not run.asset_selection:
+        return sorted(config.destinations) if run.job_name == names.of(JOB_NAME) else []
+    found = {names.destination_of(key) for key in run.asset_selection}
+    return sorted(n for n in found if n in config.destinations)
+
+
+def alert(
+    config: PipelineConfig,
+    run: dg.DagsterRun,
+    status: str,
+    reason: str,
+    destinations: list[str],
+) -> dict[str, Any]:
     """What a failed or cancelled run left: its destinations, days, reason, and the dead
     letters and events in doubt of those days (from the state tables)."""
     tags = run.tags
     start = tags.get("dagster/asset_partition_range_start") or tags.get("dagster/partition")
     end = tags.get("dagster/asset_partition_range_end") or start
-    names = sorted(k.to_user_string() for k in run.asset_selection or ()) or sorted(
-        config.destinations
-    )
-    destinations = [n for n in names if n in config.destinations]
     dead = doubt = 0
     store = existing_store(config)
     if store is not None and start:
@@ -57,9 +70,16 @@ def post(url: str, message: dict[str, Any]) -> None:
 
 
 def report(
-    context: dg.RunStatusSensorContext, config: PipelineConfig, status: str, reason: str
+    context: dg.RunStatusSensorContext,
+    config: PipelineConfig,
+    names: Names,
+    status: str,
+    reason: str,
 ) -> None:
-    message = alert(config, context.dagster_run, status, reason)
+    destinations = destinations_of(config, context.dagster_run, names)
+    if not destinations:  # a run of another pipeline's (or another component instance's)
+        return
+    message = alert(config, context.dagster_run, status, reason, destinations)
     context.log.error(message["text"])
     variable = config.dagster.alert_webhook_env
     url = os.environ.get(variable)
@@ -80,11 +100,11 @@ def failure_reason(context: dg.RunFailureSensorContext) -> str:
     return context.failure_event.message or "unknown"
 
 
-def alert_sensors(config: PipelineConfig) -> list[dg.SensorDefinition]:
+def alert_sensors(config: PipelineConfig, names: Names) -> list[dg.SensorDefinition]:
     variable = config.dagster.alert_webhook_env
 
     @dg.run_failure_sensor(
-        name="report_failed_runs",
+        name=names.of("report_failed_runs"),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Each failed run: its destinations, days, reason, dead letters and events in doubt, "
@@ -92,11 +112,11 @@ def alert_sensors(config: PipelineConfig) -> list[dg.SensorDefinition]:
         ),
     )
     def report_failed_runs(context: dg.RunFailureSensorContext) -> None:
-        report(context, config, "failed", failure_reason(context))
+        report(context, config, names, "failed", failure_reason(context))
 
     @dg.run_status_sensor(
         run_status=dg.DagsterRunStatus.CANCELED,
-        name="report_cancelled_runs",
+        name=names.of("report_cancelled_runs"),
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             "Each cancelled run (terminated from the UI): what it left, as for failed runs. Its "
@@ -104,6 +124,6 @@ def alert_sensors(config: PipelineConfig) -> list[dg.SensorDefinition]:
         ),
     )
     def report_cancelled_runs(context: dg.RunStatusSensorContext) -> None:
-        report(context, config, "cancelled", "terminated before the end")
+        report(context, config, names, "cancelled", "terminated before the end")
 
     return [report_failed_runs, report_cancelled_runs]

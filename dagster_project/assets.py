@@ -1,21 +1,24 @@
 """One daily-partitioned asset per destination, and the warehouse's actions as an observed source.
 
 A destination's asset calls :func:`etl.runner.run_backfill` for its run's range and reports each
-day on its own: a materialization with that day's numbers from the state tables (only for a day
-the run changed, or one never reported), and that day's checks. A day that fails accounting, is
-interrupted or whose destination stopped gets no materialization: Dagster shows it failed, and
-the run fails after the other days are reported.
+day on its own, from the reports the library returns (as dagster-dlt does from its load info;
+the state tables are not read back): a materialization with that day's numbers (only for a day
+the run went through, or one never reported), and that day's checks. A day that fails
+accounting, is interrupted or whose destination stopped gets no materialization: Dagster shows
+it failed, and the run fails after the other days are reported.
 """
 
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
 import dagster as dg
 
 from dagster_project.checks import REPAIR, check_specs, evaluations, failure
+from dagster_project.names import Names
 from dagster_project.resources import credentials_key
 from etl.config import PipelineConfig
 from etl.ranges import yesterday
@@ -23,7 +26,7 @@ from etl.reports import DestinationReport, PartitionReport
 from etl.run_context import RunOptions
 from etl.runner import run_backfill
 from etl.source import Source
-from etl.state import Checkpoint, encode_position, open_store
+from etl.state import Checkpoint, encode_position
 from etl.windows import UNDATED
 
 SOURCE_KEY = "user_actions"
@@ -44,19 +47,12 @@ def with_url(config: PipelineConfig, url: str) -> PipelineConfig:
     return config.model_copy(update={"source": config.source.model_copy(update={"url": url})})
 
 
-def checkpoints(config: PipelineConfig, name: str) -> dict[str, Checkpoint]:
-    store = open_store(config)
-    try:
-        return {cp.partition: cp for cp in store.checkpoints_of(name)}
-    finally:
-        store.close()
-
-
 def partition_metadata(name: str, cp: Checkpoint, report: PartitionReport | None) -> dict[str, Any]:
-    """A day's own numbers: the state tables' totals, and what this run did to it."""
+    """A day's own numbers: its totals over every run, and what this run did to it."""
     seconds = report.seconds if report else 0.0
     sent = report.delivered if report else 0
     return {
+        "dagster/partition_row_count": cp.rows_read,  # Dagster's key for a partition's rows
         "rows_read": cp.rows_read,
         "delivered": cp.delivered,
         "dead_letters": cp.dead_letters,
@@ -99,80 +95,105 @@ def forward_library_logs(log: dg.DagsterLogManager) -> Iterator[None]:
         library.removeHandler(handler)
 
 
-def _materialized_before(instance: dg.DagsterInstance, name: str, partition: str) -> bool:
+def _materialized_before(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> bool:
     found = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(name), asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
     )
     return bool(found.records)
 
 
+@dataclass(frozen=True)
+class Target:
+    """One destination's asset: its name in the pipeline file and its key in Dagster."""
+
+    name: str
+    key: dg.AssetKey
+    warn_rate: float
+
+
+@dataclass
+class DayReports:
+    """What a run did and left, per day, from the reports the library returned (never read
+    back from the state tables): the partitions it went through, as it closed each one, and
+    the state of the range's days it left alone."""
+
+    closed: dict[str, PartitionReport] = field(default_factory=dict)
+    unchanged: dict[str, Checkpoint] = field(default_factory=dict)
+
+    def close(self, report: PartitionReport) -> None:
+        self.closed[report.partition] = report
+
+    def state(self, day: str) -> Checkpoint | None:
+        report = self.closed.get(day)
+        if report is not None and report.checkpoint is not None:
+            return report.checkpoint
+        return self.unchanged.get(day)
+
+
 def partition_events(
     context: dg.AssetExecutionContext,
-    name: str,
+    target: Target,
     days: list[str],
-    before: dict[str, Checkpoint],
-    after: dict[str, Checkpoint],
-    report: DestinationReport | None,
-    dead_letter_warn_rate: float,
+    reports: DayReports,
 ) -> tuple[list[Event], list[str]]:
-    """Each day's materialization (a day this run changed, or one never reported) and checks;
-    and the failed days, each with its reason. Days before the range that the run re-checked
-    for late rows are reported as well."""
-    reports = {p.partition: p for p in report.partitions} if report else {}
-    changed = {p for p, cp in after.items() if before.get(p) != cp and p != UNDATED}
+    """Each day's materialization (a day this run went through, or one never reported) and
+    checks; and the failed days, each with its reason. Days before the range that the run
+    re-checked for late rows are reported as well."""
     events: list[Event] = []
     failed: list[str] = []
-    for day in sorted(set(days) | changed):
-        cp = after.get(day)
+    for day in sorted(set(days) | set(reports.closed) - {UNDATED}):
+        cp = reports.state(day)
         problem = failure(cp)
         if problem is not None:
             failed.append(f"{day}: {problem}")
         elif cp is not None and (
-            day in changed or not _materialized_before(context.instance, name, day)
+            day in reports.closed or not _materialized_before(context.instance, target.key, day)
         ):
-            metadata = partition_metadata(name, cp, reports.get(day))
-            events.append(dg.AssetMaterialization(name, partition=day, metadata=metadata))
-        events.extend(evaluations(name, day, cp, dead_letter_warn_rate))
+            metadata = partition_metadata(target.name, cp, reports.closed.get(day))
+            events.append(dg.AssetMaterialization(target.key, partition=day, metadata=metadata))
+        events.extend(evaluations(target.key, target.name, day, cp, target.warn_rate))
     return events, failed
 
 
 def destination_asset(
-    name: str, config: PipelineConfig, partitions: dg.DailyPartitionsDefinition
+    name: str, config: PipelineConfig, partitions: dg.DailyPartitionsDefinition, names: Names
 ) -> dg.AssetsDefinition:
     dest = config.destinations[name]
     settings = config.dagster
+    target = Target(name, names.key(name), settings.dead_letter_warn_rate)
     spec = dg.AssetSpec(
-        name,
-        group_name=GROUP,
+        target.key,
+        group_name=names.of(GROUP),
         kinds={dest.vendor},
         partitions_def=partitions,
-        deps=[SOURCE_KEY],
+        deps=[names.key(SOURCE_KEY)],
         skippable=True,  # a day is reported by its own materialization, or not at all
         owners=settings.owners or None,
         tags={**settings.tags, "vendor": dest.vendor},
         description=(
             f"Custom events sent to {dest.vendor} ({name}), one partition per UTC day. Each "
-            "day's materialization carries that day's numbers from the state tables; a day "
+            "day's materialization carries that day's numbers as the run left them; a day "
             f"that is not fully accounted for is failed, not materialized. {REPAIR}"
         ),
     )
+    credentials = names.of(credentials_key(name))
 
     @dg.multi_asset(
-        name=name,
+        name=names.of(name),
         specs=[spec],
-        check_specs=check_specs(name, partitions),
+        check_specs=check_specs(target.key, partitions),
         can_subset=True,
         backfill_policy=dg.BackfillPolicy.multi_run(
             max_partitions_per_run=settings.partitions_per_run
         ),
-        pool=f"vendor_{name}",  # one run at a time per destination: one rate budget
-        required_resource_keys={"warehouse", credentials_key(name)},
+        pool=names.of(f"vendor_{name}"),  # one run at a time per destination: one rate budget
+        required_resource_keys={names.of("warehouse"), credentials},
     )
     def _asset(context: dg.AssetExecutionContext) -> Iterator[Event]:
         days = run_days(context)
-        run_config = with_url(config, context.resources.warehouse.url)
-        secrets = getattr(context.resources, credentials_key(name)).as_dict()
-        before = checkpoints(run_config, name)
+        resources = context.resources
+        run_config = with_url(config, getattr(resources, names.of("warehouse")).url)
+        reports = DayReports()
         try:
             with forward_library_logs(context.log):
                 run = run_backfill(
@@ -180,53 +201,60 @@ def destination_asset(
                     destinations=[name],
                     first_day=date.fromisoformat(days[0]),
                     last_day=date.fromisoformat(days[-1]),
-                    credentials={name: secrets},
+                    credentials={name: getattr(resources, credentials).as_dict()},
                     log=context.log.info,
                     warn=context.log.warning,
-                    options=RunOptions(progress_every=settings.progress_every_batches),
+                    options=RunOptions(
+                        progress_every=settings.progress_every_batches,
+                        count_outside=False,  # the source's observation counts them
+                    ),
+                    closed=reports.close,
                 )
             [report] = run.destinations
+            reports.unchanged = report.unchanged
         except BaseException:
-            # interrupted (terminated from the UI) or failed: the days it completed still count
-            try:
-                events, _ = partition_events(
-                    context, name, days, before, checkpoints(run_config, name), None,
-                    settings.dead_letter_warn_rate,
-                )  # fmt: skip
-            except Exception as exc:  # the state database too: the first error is the one
-                context.log.error(f"{name}: the completed days could not be reported: {exc}")
-                events = []
+            # interrupted (terminated from the UI) or failed: the days it closed still count
+            events, _ = partition_events(context, target, days, reports)
             yield from events
             raise
-        events, failed = partition_events(
-            context, name, days, before, checkpoints(run_config, name), report,
-            settings.dead_letter_warn_rate,
-        )  # fmt: skip
-        yield from events
-        for output in context.assets_def.check_specs_by_output_name:  # reported per day above
-            if output in context.op_execution_context.selected_output_names:
-                yield dg.Output(None, output_name=output)
-        if report.error or failed:
-            reason = report.error or f"{len(failed)} of {len(days)} days failed"
-            for line in failed:
-                context.log.error(f"{name} {line}")
-            raise dg.Failure(
-                description=f"{name}: {reason}. {REPAIR}",
-                metadata={
-                    "failed_partitions": dg.MetadataValue.json(failed[:50]),
-                    "dead_letters": report.total("dead_letters"),
-                    "in_doubt": report.total("in_doubt"),
-                },
-            )
+        yield from finish(context, target, days, reports, report)
 
     return _asset
 
 
-def source_asset(config: PipelineConfig) -> dg.AssetsDefinition:
+def finish(
+    context: dg.AssetExecutionContext,
+    target: Target,
+    days: list[str],
+    reports: DayReports,
+    report: DestinationReport,
+) -> Iterator[Event]:
+    """Each day's events, the outputs of the checks (reported per day), and the run's failure
+    naming each failed day."""
+    events, failed = partition_events(context, target, days, reports)
+    yield from events
+    for output in context.assets_def.check_specs_by_output_name:  # reported per day above
+        if output in context.op_execution_context.selected_output_names:
+            yield dg.Output(None, output_name=output)
+    if report.error or failed:
+        reason = report.error or f"{len(failed)} of {len(days)} days failed"
+        for line in failed:
+            context.log.error(f"{target.name} {line}")
+        raise dg.Failure(
+            description=f"{target.name}: {reason}. {REPAIR}",
+            metadata={
+                "failed_partitions": dg.MetadataValue.json(failed[:50]),
+                "dead_letters": report.total("dead_letters"),
+                "in_doubt": report.total("in_doubt"),
+            },
+        )
+
+
+def source_asset(config: PipelineConfig, names: Names) -> dg.AssetsDefinition:
     @dg.observable_source_asset(
-        name=SOURCE_KEY,
-        group_name="warehouse",
-        required_resource_keys={"warehouse"},
+        key=names.key(SOURCE_KEY),
+        group_name=names.of("warehouse"),
+        required_resource_keys={names.of("warehouse")},
         description=(
             f"The actions in the warehouse ({config.source.table or config.source.query}); an "
             "observation counts them and the rows no partition holds."
@@ -235,7 +263,7 @@ def source_asset(config: PipelineConfig) -> dg.AssetsDefinition:
         tags=config.dagster.tags or None,
     )
     def _observe(context: dg.AssetExecutionContext) -> dg.ObserveResult:
-        source = Source(with_url(config, context.resources.warehouse.url))
+        source = Source(with_url(config, getattr(context.resources, names.of("warehouse")).url))
         last = yesterday()  # a UTC day, as every partition
         try:
             rows = source.count(config.start_date, last)

@@ -38,7 +38,7 @@ DESCRIPTIONS = {
 }
 
 
-def check_specs(asset: str, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
+def check_specs(asset: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)  # partitioned checks: Dagster 1.13
         return [
@@ -68,9 +68,13 @@ def failure(cp: Checkpoint | None) -> str | None:
 
 
 def evaluations(
-    asset: str, partition: str, cp: Checkpoint | None, dead_letter_warn_rate: float
+    key: dg.AssetKey,
+    destination: str,
+    partition: str,
+    cp: Checkpoint | None,
+    dead_letter_warn_rate: float,
 ) -> list[dg.AssetCheckEvaluation]:
-    """The three checks of one partition, from its checkpoint (the state tables' numbers)."""
+    """The three checks of one partition, from its state as the run left it."""
     problem = failure(cp)
     counts = _counts(cp)
     meant = counts["rows_read"] - counts["filtered"]
@@ -78,7 +82,7 @@ def evaluations(
     in_doubt = counts["in_doubt"]
     return [
         dg.AssetCheckEvaluation(
-            asset_key=dg.AssetKey(asset),
+            asset_key=key,
             check_name=ACCOUNTING,
             passed=problem is None,
             severity=dg.AssetCheckSeverity.ERROR,
@@ -95,7 +99,7 @@ def evaluations(
             },
         ),
         dg.AssetCheckEvaluation(
-            asset_key=dg.AssetKey(asset),
+            asset_key=key,
             check_name=DEAD_LETTER_RATE,
             passed=rate <= dead_letter_warn_rate,
             severity=dg.AssetCheckSeverity.WARN,
@@ -106,12 +110,12 @@ def evaluations(
                 "threshold": dg.MetadataValue.float(dead_letter_warn_rate),
                 "dead_letters": counts["dead_letters"],
                 "inspect": dg.MetadataValue.text(
-                    f"etl dead-letters list -d {asset} --partition {partition}"
+                    f"etl dead-letters list -d {destination} --partition {partition}"
                 ),
             },
         ),
         dg.AssetCheckEvaluation(
-            asset_key=dg.AssetKey(asset),
+            asset_key=key,
             check_name=IN_DOUBT,
             passed=in_doubt == 0,
             severity=dg.AssetCheckSeverity.WARN,
@@ -125,7 +129,7 @@ def evaluations(
             metadata={
                 "in_doubt": in_doubt,
                 "inspect": dg.MetadataValue.text(
-                    f"etl status -d {asset} --from {partition} --to {partition}"
+                    f"etl status -d {destination} --from {partition} --to {partition}"
                 ),
             },
         ),
@@ -138,7 +142,7 @@ def _counts(cp: Checkpoint | None) -> dict[str, int]:
 
 
 def freshness_checks(
-    assets: list[dg.AssetsDefinition], hour: int | None
+    assets: list[dg.AssetsDefinition], hour: int | None, sensor_name: str
 ) -> tuple[list[dg.AssetChecksDefinition], list[dg.SensorDefinition]]:
     """Yesterday's partition of every destination materialized by ``hour`` UTC (a warning)."""
     if hour is None or not assets:
@@ -154,7 +158,7 @@ def freshness_checks(
         )
         sensor = dg.build_sensor_for_freshness_checks(
             freshness_checks=checks,
-            name="freshness_of_yesterday",
+            name=sensor_name,
             default_status=dg.DefaultSensorStatus.RUNNING,
         )
     return checks, [sensor]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dagster as dg
 from sqlalchemy.engine import make_url
 
+from dagster_project.names import Names
 from etl.config import PipelineConfig, credential_variable
 from etl.errors import ConfigError
 
@@ -39,8 +40,11 @@ def credentials_key(destination: str) -> str:
     return f"{destination}_credentials"
 
 
-def build_resources(config: PipelineConfig, warehouse_url_env: str | None) -> dict[str, object]:
-    """``warehouse`` and one ``<destination>_credentials`` per destination, all fed by EnvVar.
+def build_resources(
+    config: PipelineConfig, warehouse_url_env: str | None, names: Names
+) -> dict[str, object]:
+    """``warehouse`` and one ``<destination>_credentials`` per destination, all fed by EnvVar
+    (named by ``names``).
 
     The warehouse URL comes from $``warehouse_url_env`` when that variable is named (keep a
     password there); otherwise from the pipeline file.
@@ -54,8 +58,8 @@ def build_resources(config: PipelineConfig, warehouse_url_env: str | None) -> di
         )
     else:
         url = config.source.url
-    resources: dict[str, object] = {"warehouse": WarehouseResource(url=url)}
+    resources: dict[str, object] = {names.of("warehouse"): WarehouseResource(url=url)}
     for name, dest in config.destinations.items():
         values = {key: dg.EnvVar(credential_variable(ref)) for key, ref in dest.credentials.items()}
-        resources[credentials_key(name)] = CredentialsResource(**values)
+        resources[names.of(credentials_key(name))] = CredentialsResource(**values)
     return resources

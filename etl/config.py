@@ -236,7 +236,7 @@ class LateRows(_Model):
 class DagsterSettings(_Model):
     """How the Dagster project runs this pipeline (read by dagster_project, not by the library)."""
 
-    partitions_per_run: int = Field(default=10, gt=0, description="BackfillPolicy.multi_run")
+    partitions_per_run: int = Field(default=30, gt=0, description="BackfillPolicy.multi_run")
     dead_letter_warn_rate: float = Field(default=0.05, ge=0, le=1)
     schedule_hour: int = Field(default=2, ge=0, le=23, description="UTC hour of the daily run")
     schedule_running: bool = Field(default=False, description="start the daily schedule on")

@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter, deque
 from contextlib import closing, suppress
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -27,7 +28,7 @@ from etl.planner import plan_partitions, refuse
 from etl.progress import ProgressLog
 from etl.ranges import skip_too_old
 from etl.reader import use_reader_process
-from etl.reports import DestinationReport
+from etl.reports import DestinationReport, PartitionReport
 from etl.run_context import RunContext
 from etl.sender import open_sender
 from etl.sink import BatchSink, DeliverySink, DryRunSink
@@ -100,7 +101,7 @@ class DestinationRun:
     def plan(self, days: list[date], earlier: list[date]) -> None:
         """The planner's partitions (a refused one stops the destination before it sends
         anything); chooses the reader, starts the bar."""
-        run = self.run
+        run, asked = self.run, days
         days, self.report.skipped, _ = skip_too_old(self.target, run.source, days, run.store)
         if self.report.skipped:
             run.say(self.report.skipped)
@@ -119,6 +120,12 @@ class DestinationRun:
         for task in tasks:
             if task.note:
                 run.say(task.note)
+        going = {t.key for t in tasks if t.mode is not Mode.SKIP}
+        self.report.unchanged = {  # what the run leaves alone is reported as it stands
+            d.isoformat(): checkpoints[d.isoformat()]
+            for d in asked
+            if d.isoformat() in checkpoints and d.isoformat() not in going
+        }
         self.queue.extend(t for t in tasks if t.mode is not Mode.SKIP)
         self._start_reading(days)
 
@@ -241,7 +248,7 @@ class DestinationRun:
         task.report.seconds = time.monotonic() - task.started
         store, name = self.run.store, self.name
         if store is None:  # a dry run
-            self.report.partitions.append(task.report)
+            self.closed(task.report)
             return
         problem = reconcile(self.target, self.run.source, store, task)
         if problem is not None and task.mode is not Mode.RECHECK and not task.rechecked:
@@ -254,13 +261,23 @@ class DestinationRun:
             status = PartitionStatus.COMPLETE if problem is None else PartitionStatus.UNBALANCED
             store.finish(name, task.key, status, problem)
             task.report.status, task.report.error = status, problem
-            self.report.partitions.append(task.report)
+            if task.report.checkpoint is not None:
+                task.report.checkpoint = replace(
+                    task.report.checkpoint, status=status, error=problem
+                )
+            self.closed(task.report)
             if problem:
                 self.run.complain(problem)
             elif self.progress is not None:
                 self.progress.partition(task.report)
         if self.run.leases is not None:
             self.run.leases.release(name, task.key)
+
+    def closed(self, report: PartitionReport) -> None:
+        """A partition is done with in this run (closed, or left open by a stop)."""
+        self.report.partitions.append(report)
+        if self.run.closed is not None:
+            self.run.closed(report)
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -287,7 +304,10 @@ class DestinationRun:
                 with suppress(EtlError):
                     store.finish(name, task.key, saved, error and error[:2000])
             task.report.status, task.report.error = saved, error
-            self.report.partitions.append(task.report)
+            if store is not None:
+                with suppress(EtlError):
+                    task.report.checkpoint = store.load(name, task.key)
+            self.closed(task.report)
         self.tasks.clear()
         self.queue.clear()
 

@@ -44,14 +44,22 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
         raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: the pipeline file must be a mapping of keys")
-    expanded = _expand(raw, "", file)
+    return pipeline_from_mapping(raw, file)
+
+
+def pipeline_from_mapping(raw: dict[str, Any], file: Path, where: str = "") -> PipelineConfig:
+    """A pipeline from its keys as read from ``file`` (under ``where``, e.g. a component's
+    ``attributes``), checked as a pipeline file is; relative paths are read from ``file``'s
+    folder."""
+    prefix = f"{where}." if where else ""
+    expanded = _expand(raw, where, file)
     try:
         config = PipelineConfig.model_validate({**expanded, "path": file})
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(file, exc)) from None
+        raise ConfigError(_format_validation_error(file, exc, prefix)) from None
     for name, dest in config.destinations.items():
         for problem in check_destination(dest):
-            raise ConfigError(f"{file}: destinations.{name}.{problem}")
+            raise ConfigError(f"{file}: {prefix}destinations.{name}.{problem}")
     return config
 
 
@@ -155,9 +163,9 @@ def _expand(value: Any, where: str, file: Path) -> Any:
     return value
 
 
-def _format_validation_error(file: Path, exc: ValidationError) -> str:
+def _format_validation_error(file: Path, exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{file}: {loc}: {err['msg']}")
+        lines.append(f"{file}: {prefix}{loc}: {err['msg']}")
     return "\n".join(lines)

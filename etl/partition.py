@@ -185,6 +185,7 @@ def reconcile(
         store.count_changes(target.name, task.key, gone, len(task.changed_rows), doubled)
     cp = store.load(target.name, task.key)
     assert cp is not None
+    task.report.checkpoint = cp
     task.report.deleted, task.report.moved = cp.deleted, cp.moved
     task.report.changed = cp.changed
     task.report.cursor = _cursor_text(cp.cursor)

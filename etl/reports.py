@@ -10,6 +10,7 @@ from datetime import date
 from typing import Any
 
 from etl.events import Batch, SendResult, Slice, SliceCounts, near_miss_text
+from etl.state.checkpoint import Checkpoint
 from etl.statuses import Mode, PartitionStatus, is_done
 from etl.windows import Outside
 
@@ -39,6 +40,8 @@ class PartitionReport:
     cursor: str | None = None
     error: str | None = None
     samples: list[Any] = field(default_factory=list)  # payloads, user identifiers masked
+    # the partition's state after this run: its totals over every run (None in a dry run)
+    checkpoint: Checkpoint | None = None
 
     def add(
         self,
@@ -92,6 +95,15 @@ class DestinationReport:
     seconds: float = 0.0
     skipped: str | None = None  # partitions not sent at all, and why
     stopped: str | None = None  # a graceful stop: what it left in doubt
+    # the range's partitions this run left alone (complete and unchanged, or skipped): their state
+    unchanged: dict[str, Checkpoint] = field(default_factory=dict)
+
+    def state(self, partition: str) -> Checkpoint | None:
+        """A partition of the run's range as the run left it: its totals over every run."""
+        for p in self.partitions:
+            if p.partition == partition and p.checkpoint is not None:
+                return p.checkpoint
+        return self.unchanged.get(partition)
 
     def total(self, attr: str) -> int:
         return sum(int(getattr(p, attr)) for p in self.partitions)

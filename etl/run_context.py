@@ -15,12 +15,14 @@ from etl.config import PipelineConfig
 from etl.database import dispose
 from etl.ratelimit import BucketRegistry
 from etl.reader import ReaderProcess
+from etl.reports import PartitionReport
 from etl.source import Source
 from etl.state import StateStore, open_store
 from etl.state.leases import Leases
 from etl.timing import Interrupted, Timing
 
 Log = Callable[[str], None]
+Closed = Callable[[PartitionReport], None]  # told of each partition a run is done with
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class RunOptions:
     lookback: bool = True  # re-check the complete days before the range for late rows
     stop_grace: float = 10.0  # seconds a stop waits for the answers still out
     progress_every: int = 0  # say the progress in the log every N batches, and each partition
+    # count the rows outside every partition of the range (a pass over the whole table): the
+    # command line prints them; Dagster's observation of the source counts them instead
+    count_outside: bool = True
 
 
 @dataclass
@@ -52,6 +57,7 @@ class RunContext:
     log: Log | None
     warn: Log | None
     stop: threading.Event
+    closed: Closed | None = None
     buckets: BucketRegistry = field(default_factory=BucketRegistry)
     token: str = field(default_factory=lambda: secrets.token_hex(4))  # batch ids of this run
 
@@ -65,6 +71,7 @@ class RunContext:
         log: Log | None,
         warn: Log | None,
         stop: threading.Event | None,
+        closed: Closed | None = None,
     ) -> Iterator[RunContext]:
         stop = stop or threading.Event()
         if timing.sleep is time.sleep:  # a stop wakes the sleepers: bucket waits, backoffs
@@ -84,7 +91,9 @@ class RunContext:
                 out = stack.enter_context(open(options.dry_run, "w", encoding="utf-8"))
             reader = ReaderProcess(config)  # started if a destination's run is large enough
             stack.callback(reader.close)
-            yield cls(config, options, source, store, leases, reader, out, timing, log, warn, stop)
+            yield cls(
+                config, options, source, store, leases, reader, out, timing, log, warn, stop, closed
+            )
 
     def say(self, message: str) -> None:
         if self.log is not None:

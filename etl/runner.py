@@ -23,8 +23,9 @@ from etl.interpreter import tuned_interpreter
 from etl.loader import check_credentials, resolve_credentials
 from etl.ranges import lookback_days, partition_days
 from etl.reports import RunReport
-from etl.run_context import Log, RunContext, RunOptions
+from etl.run_context import Closed, Log, RunContext, RunOptions
 from etl.timing import REAL_TIME, Timing
+from etl.windows import Outside
 
 T = TypeVar("T")
 
@@ -41,6 +42,7 @@ def run_backfill(
     warn: Log | None = None,
     credentials: dict[str, dict[str, str]] | None = None,
     stop: threading.Event | None = None,
+    closed: Closed | None = None,
 ) -> RunReport:
     """Send (or with ``dry_run`` write out) every partition of the range; resume where it stopped.
 
@@ -52,7 +54,9 @@ def run_backfill(
     (destination -> key -> secret) replaces reading them from the environment, for callers that
     hold them already (Dagster resources). Setting ``stop`` stops the run gracefully: nothing
     more is sent, the answers still out are awaited a moment and committed. ``log`` hears what
-    the run does, ``warn`` what went wrong (default: ``log``).
+    the run does, ``warn`` what went wrong (default: ``log``), ``closed`` each partition as the
+    run is done with it (its report, with its state after the run): what a caller still has if
+    the run is interrupted.
     """
     options = options or RunOptions()
     days = partition_days(config, first_day, last_day, options.include_today)
@@ -65,10 +69,10 @@ def run_backfill(
     for target in resolved:
         check_credentials(target.name, target.config, credentials.get(target.name, {}))
     paced = any(d.paced for d in resolved)
-    opened = RunContext.open(config, options, timing, log, warn or log, stop)
+    opened = RunContext.open(config, options, timing, log, warn or log, stop, closed)
     with opened as run, tuned_interpreter(paced):
         # counted while the run sends: one pass over the table, mostly in the database
-        outside = in_background(run.source.outside, days[-1])
+        outside = in_background(_outside, run, days[-1])
         earlier = lookback_days(config, days[0]) if options.lookback else []
         try:
             reports = [
@@ -89,6 +93,10 @@ def run_backfill(
         config.start_date,
         stopped=run.stop.is_set(),
     )
+
+
+def _outside(run: RunContext, last: date) -> Outside:
+    return run.source.outside(last) if run.options.count_outside else Outside()
 
 
 def in_background(work: Callable[..., T], *args: Any) -> Future[T]:

@@ -36,7 +36,7 @@ def test_definitions_load(pipeline: Path):
     assert keys == {"user_actions", "fuul_rewards"}
     asset = defs.resolve_assets_def("fuul_rewards")
     assert asset.partitions_def.get_first_partition_key() == FIRST.isoformat()
-    assert asset.backfill_policy == dg.BackfillPolicy.multi_run(10)
+    assert asset.backfill_policy == dg.BackfillPolicy.multi_run(30)
     assert asset.op.pool == "vendor_fuul_rewards"
     specs = {c.name: c for c in asset.check_specs}
     assert set(specs) == {"accounting", "dead_letter_rate", "in_doubt"}
