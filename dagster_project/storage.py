@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
     SqliteEventLogStorage,
 )
 from dagster._core.storage.sql import create_engine
@@ -50,7 +51,9 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
             )
             self._engines[shard] = engine
-            runs = [s for s in self._engines if s != "index"]
+            if shard == INDEX_SHARD_NAME:
+                sa.event.listen(engine, "connect", _write_ahead)
+            runs = [s for s in self._engines if s != INDEX_SHARD_NAME]
             for old in runs[:-OPEN_RUN_FILES]:
                 self._engines.pop(old).dispose()
             return engine
@@ -87,6 +90,15 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             while self._engines:
                 self._engines.popitem()[1].dispose()
         super().dispose()
+
+
+def _write_ahead(dbapi: Any, _record: Any) -> None:
+    """The index file in write-ahead mode, synced at checkpoints rather than at each commit:
+    no corruption on a crash (SQLite's guarantee for WAL with synchronous=NORMAL), several
+    readers beside the writer; the run files keep Dagster's settings, which its log watchers
+    rely on."""
+    dbapi.execute("PRAGMA journal_mode=WAL")
+    dbapi.execute("PRAGMA synchronous=NORMAL")
 
 
 class PooledSqliteStorage(DagsterSqliteStorage):
