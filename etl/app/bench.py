@@ -94,7 +94,7 @@ class Child:
 class Sandbox:
     """The sandbox vendors in their own process."""
 
-    def __init__(self, time_scale: float, port: int = 0) -> None:
+    def __init__(self, time_scale: float, port: int = 0, extra: list[str] | None = None) -> None:
         if port:
             with socket.socket() as probe:  # else the bench would measure another sandbox
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the sandbox
@@ -105,7 +105,7 @@ class Sandbox:
         port = port or _free_port()
         self.url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "etl.app", "sandbox", "--port", str(port)]
-        command += ["--time-scale", str(time_scale)]
+        command += ["--time-scale", str(time_scale), *(extra or [])]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:
@@ -268,8 +268,10 @@ def run_bench(
     results: dict[str, Any] = {"rows": rows, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="etl-bench-") as tmp:
         directory = Path(tmp)
-        say(f"Generating {rows:,} rows ...")
-        big = _warehouse(directory, rows, end)
+        big = ""
+        if {"local", "limited", "single", "resume", "shared"} & set(only):
+            say(f"Generating {rows:,} rows ...")
+            big = _warehouse(directory, rows, end)
 
         def pipeline(name: str, url: str, vendor: str, sandbox: Sandbox, **dest: Any) -> Path:
             state = f"sqlite:///{directory / (name + '_state.db')}"
@@ -322,8 +324,20 @@ def run_bench(
             results.update(_small_days(directory, end, say, port, only))
         if "overhead" in only:
             results.update(_partition_overhead(directory, end, say, port))
+        if "dagster" in only:
+            results.update(_dagster(directory, say, port))
     results["targets_met"] = targets_met(results)
     return results
+
+
+def _dagster(directory: Path, say: Callable[[str], None], port: int) -> dict[str, Any]:
+    from etl.app.bench_dagster import SANDBOX_ARGS, TIME_SCALE, dagster_part
+
+    sandbox = Sandbox(time_scale=TIME_SCALE, port=port, extra=SANDBOX_ARGS)
+    try:
+        return dagster_part(directory, say, sandbox)
+    finally:
+        sandbox.stop()
 
 
 def _limited(
@@ -598,6 +612,8 @@ def targets_met(r: dict[str, Any]) -> dict[str, bool]:
             met[f"{share} >= {TARGETS[target]:.2f}{note}, no 429"] = (
                 r[share] >= TARGETS[target] and r[refused] == 0
             )
+    if "dagster_ratio" in r:
+        met["dagster_ratio <= 1.3 (Dagster against etl run)"] = r["dagster_ratio"] <= 1.3
     for rate in (5, 20):
         if f"small_days_requests_{rate}" in r:
             met[f"small_days_requests_{rate} <= ceil(events / batch) + 1"] = (

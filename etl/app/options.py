@@ -25,7 +25,17 @@ config_option = click.option(
 
 # `etl bench --only`: the measurements (etl.app.bench), named here so that the other commands
 # need not import the bench
-BENCH_PARTS = ("local", "limited", "single", "resume", "shared", "small_days", "strict", "overhead")
+BENCH_PARTS = (
+    "local",
+    "limited",
+    "single",
+    "resume",
+    "shared",
+    "small_days",
+    "strict",
+    "overhead",
+    "dagster",
+)
 
 DAY = click.DateTime(["%Y-%m-%d"])
 
