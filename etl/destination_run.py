@@ -166,7 +166,7 @@ class DestinationRun:
         if store is not None:
             open_task(self.target, store, task)
         self.tasks[task.key] = task
-        self.batcher.start_partition(task.key, store.next_seq(self.name, task.key) if store else 1)
+        self.batcher.start_partition(task.key, task.first_seq)
         self._read_ahead(task)
         # closed at once if this stops half-way: the reader may be asked for the next day
         with closing(self.rows.read_rows(task.day, task.cursor)) as chunks:

@@ -78,6 +78,7 @@ class PartitionTask:
     known: dict[str, Entry] = field(default_factory=dict)  # the log's rows here (not new)
     seen: set[str] = field(default_factory=set)  # rows of the log read again
     changed_rows: dict[str, int | None] = field(default_factory=dict)  # key -> new hash
+    first_seq: int = 1  # the sequence number of its next slice in the ledger
     pending: int = 0  # slices handed to the sink, not yet committed
     read_done: bool = False
     rechecked: bool = False  # a re-check was queued after a count that did not match
@@ -104,8 +105,10 @@ def open_task(target: Destination, store: StateStore, task: PartitionTask) -> No
     """Mark the partition as being sent; what earlier runs left unanswered becomes in doubt."""
     name = target.name
     status = PartitionStatus.RECHECKING if task.mode is Mode.RECHECK else PartitionStatus.RUNNING
-    task.checkpoint = store.start(name, task.key, target.made_with, task.restart, status=status)
-    if not target.deduplicates:
+    task.checkpoint, fresh = store.start(name, task.key, target.made_with, task.restart, status)
+    # a new partition has no batch: neither its next number nor copies in doubt to look up
+    task.first_seq = 1 if fresh else store.next_seq(name, task.key)
+    if not target.deduplicates and not fresh:
         task.prior_unknown = store.prior_unknown(name, task.key)
     if task.mode in (Mode.RECHECK, Mode.RESUME):
         task.known = store.log.known(name, task.key)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import date
 
 from etl.destination import Destination
-from etl.errors import MappingChangedError
+from etl.errors import LeaseHeldError, MappingChangedError
 from etl.fingerprint import changed_settings
 from etl.partition import PartitionTask
 from etl.source import Source
@@ -67,15 +67,17 @@ def plan_partitions(
     undated = plan_task(source, None, checkpoints.get(UNDATED))
     undated.beside_range = True
     tasks.append(undated)
+    held = leases.held_by_others(target.name) if leases is not None else {}
     for task in tasks:
         task.report.destination = target.name
-        _judge(target, task, leases)
+        _judge(target, task, held)
     return tasks
 
 
-def _judge(target: Destination, task: PartitionTask, leases: Leases | None) -> None:
-    """Whether a run may go through the partition: ``refusal`` if not, or, for one beside the
-    range that another run holds, ``note`` and nothing to do."""
+def _judge(target: Destination, task: PartitionTask, leases: dict[str, LeaseHeldError]) -> None:
+    """Whether a run may go through the partition (``leases``: those other runs hold):
+    ``refused`` if not, or, for one beside the range that another run holds, ``note`` and
+    nothing to do."""
     if task.mode is Mode.SKIP:
         return
     cp = task.checkpoint
@@ -86,9 +88,7 @@ def _judge(target: Destination, task: PartitionTask, leases: Leases | None) -> N
         if changed:
             task.refused = mapping_changed(target.name, cp, changed)
             return
-    if leases is None:
-        return
-    held = leases.held_elsewhere(target.name, task.key)
+    held = leases.get(task.key)
     if held is None:
         return
     if task.beside_range:

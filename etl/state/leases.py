@@ -134,14 +134,28 @@ class Leases:
     def held_elsewhere(self, destination: str, partition: str) -> LeaseHeldError | None:
         """What :meth:`acquire` would raise now (another run holds the lease), without taking
         it: None if it would be taken."""
-        stmt = sa.select(self.table, self._now().label("db_now"))
+        return self.held_by_others(destination, partition).get(partition)
+
+    def held_by_others(
+        self, destination: str, partition: str | None = None
+    ) -> dict[str, LeaseHeldError]:
+        """The destination's partitions (or the one) another run holds now, each with what
+        :meth:`acquire` would raise: one query, for a plan of any number of partitions."""
+        t = self.table.c
+        stmt = sa.select(self.table, self._now().label("db_now")).where(
+            t.destination == destination
+        )
+        if partition is not None:
+            stmt = stmt.where(t.partition == partition)
         with self.engine.connect() as conn:
-            row = conn.execute(stmt.where(*self._key(destination, partition))).mappings().first()
-        if row is None or row["holder"] == self.holder or self._ended_here(row["holder"]):
-            return None
-        if row["expires_at"] < row["db_now"]:
-            return None
-        return self._held(destination, partition, row)
+            rows = conn.execute(stmt).mappings().all()
+        return {
+            row["partition"]: self._held(destination, row["partition"], row)
+            for row in rows
+            if row["holder"] != self.holder
+            and not self._ended_here(row["holder"])
+            and row["expires_at"] >= row["db_now"]
+        }
 
     def _held(self, destination: str, partition: str, row: sa.RowMapping) -> LeaseHeldError:
         since = row["acquired_at"]

@@ -126,10 +126,11 @@ class StateStore:
         made: MadeWith,
         restart: bool = False,
         status: PartitionStatus = PartitionStatus.RUNNING,
-    ) -> Checkpoint:
+    ) -> tuple[Checkpoint, bool]:
         """Open a partition for sending (``status``: running, or rechecking for late rows) with
         the events' settings ``made`` (the planner has judged a change of them); batches sent
-        but never acknowledged become in doubt. ``restart`` forgets the partition first."""
+        but never acknowledged become in doubt. ``restart`` forgets the partition first.
+        Returns its checkpoint, and whether it was new (then no batch of it exists)."""
         cp_key = self._key(self.checkpoints, destination, partition)
         with self._writing() as conn:
             row = conn.execute(sa.select(self.checkpoints).where(cp_key)).mappings().first()
@@ -137,7 +138,8 @@ class StateStore:
                 for table in (self.batches, self.dead, self.tables.deliveries, self.checkpoints):
                     conn.execute(sa.delete(table).where(self._key(table, destination, partition)))
                 row = None
-            if row is None:
+            created = row is None
+            if created:
                 conn.execute(self._new_checkpoint(destination, partition, status, made, None))
             else:
                 conn.execute(
@@ -151,9 +153,9 @@ class StateStore:
                         updated_at=now(),
                     )
                 )
-            self._doubt_unanswered(conn, destination, partition)
+                self._doubt_unanswered(conn, destination, partition)
             row = conn.execute(sa.select(self.checkpoints).where(cp_key)).mappings().one()
-        return Checkpoint.from_row(row)
+        return Checkpoint.from_row(row), created
 
     def start_replay(self, destination: str, partition: str) -> None:
         """A replay takes a partition (under its lease): what earlier runs or replays left
