@@ -19,6 +19,7 @@ from etl.config import PipelineConfig, RateLimit
 from etl.database import dispose
 from etl.destination import Destination, resolve_destination
 from etl.events import Batch, near_miss_text
+from etl.indexes import index_advice
 from etl.partition import LogFilter, PartitionTask, RowReader
 from etl.planner import plan_partitions
 from etl.ranges import lookback_days, partition_days, skip_too_old
@@ -98,6 +99,7 @@ class Plan:
     first_day: date
     last_day: date
     start_date: date
+    index: str | None = None  # the index that would make each day's read cost its rows
 
 
 class _PlanSink:
@@ -142,11 +144,12 @@ def plan_backfill(
             for name in config.destination_names(destinations)
         ]
         outside = source.outside(days[-1])
+        index = index_advice(config.source, source.engine)
     finally:
         dispose(source.engine)
         if store is not None:
             store.close()
-    return Plan(plans, outside, days[0], days[-1], config.start_date)
+    return Plan(plans, outside, days[0], days[-1], config.start_date, index)
 
 
 def _plan_destination(

@@ -250,7 +250,14 @@ def _postgres_text_to_epoch_us(
     trimmed = sa.func.btrim(sa.type_coerce(column, sa.String()), SPACES)
     iso = sa.func.regexp_match(trimmed, f"^{ISO_PATTERN}$", type_=ARRAY(sa.Text))
     epoch = sa.func.regexp_match(trimmed, f"^{EPOCH_PATTERN}$", type_=ARRAY(sa.Text))
-    parts = sa.select(iso.label("iso"), epoch.label("epoch")).correlate(relation).lateral("etl_ts")
+    # OFFSET 0 keeps PostgreSQL from pulling the subquery up into the conditions, where each
+    # use of a part would match the patterns again (dozens of regexp_match a row)
+    parts = (
+        sa.select(iso.label("iso"), epoch.label("epoch"))
+        .correlate(relation)
+        .offset(0)
+        .lateral("etl_ts")
+    )
     micros = sa.case(
         (parts.c.epoch.is_not(None), _pg_epoch_micros(parts.c.epoch)),
         (parts.c.iso.is_not(None), _pg_iso_micros(parts.c.iso, zone_name)),
