@@ -116,8 +116,8 @@ def print_plan(plan: Plan, by_partition: bool) -> None:
     if plan.index:
         click.echo(
             "NOTE: each day's read scans the whole table: no index serves the timestamp column's "
-            "ranges. This one would (the tool never creates it; your warehouse's owners may):\n"
-            f"  {plan.index};"
+            "ranges. This one would (the tool never creates it; your warehouse's owners may), with "
+            f"the table analyzed after it so that the planner knows it:\n  {plan.index};"
         )
 
 
