@@ -73,7 +73,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         (an upgrade only ever adds tables)."""
         known = self._tables
         if table_name not in known:  # asked while a connection is open: not under _db_lock
-            engine = self._engine("index")
+            engine = self._engine(INDEX_SHARD_NAME)
             with engine.connect() as conn:
                 known[table_name] = bool(engine.dialect.has_table(conn, table_name))
         return known[table_name]

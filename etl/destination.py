@@ -35,11 +35,13 @@ class Destination:
     requests_in_flight: int  # requests (batches) sent at once: max_in_flight
     mapper: Mapper
     settings: Settings  # what makes its events: setting -> hash (see etl.fingerprint)
+    fingerprint: str  # one hash of them (a checkpoint's fingerprint)
     legacy_fingerprint: str  # the fingerprint earlier versions recorded
 
     @classmethod
     def resolve(cls, name: str, config: DestinationConfig, source: SourceConfig) -> Destination:
         vendor = vendor_class(config.vendor).from_config(config)
+        settings = event_settings(source, config)
         endpoint = vendor.endpoint()
         per_request = min(config.batch_size or endpoint.max_events, endpoint.max_events)
         return cls(
@@ -54,14 +56,10 @@ class Destination:
             events_per_request=per_request,
             requests_in_flight=config.max_in_flight,
             mapper=Mapper(name, config, source, vendor),
-            settings=event_settings(source, config),
+            settings=settings,
+            fingerprint=fingerprint_of(settings),
             legacy_fingerprint=legacy_fingerprint(source, config),
         )
-
-    @property
-    def fingerprint(self) -> str:
-        """One hash of the settings that make its events (a checkpoint's ``fingerprint``)."""
-        return fingerprint_of(self.settings)
 
     @property
     def made_with(self) -> tuple[str, str]:

@@ -32,6 +32,7 @@ from etl.reports import DestinationReport, PartitionReport
 from etl.run_context import RunContext
 from etl.sender import open_sender
 from etl.sink import BatchSink, DeliverySink, DryRunSink
+from etl.state import Checkpoint
 from etl.state.ledger import Acknowledged
 from etl.statuses import Mode, PartitionStatus, RunEnd
 
@@ -127,15 +128,14 @@ class DestinationRun:
             if d.isoformat() in checkpoints and d.isoformat() not in going
         }
         self.queue.extend(t for t in tasks if t.mode is not Mode.SKIP)
-        self._start_reading(days)
+        self._start_reading(days, checkpoints)
 
-    def _start_reading(self, days: list[date]) -> None:
+    def _start_reading(self, days: list[date], checkpoints: dict[str, Checkpoint]) -> None:
         run, name = self.run, self.name
         remaining = run.source.count(days[0], days[-1]) if days else 0
-        if run.store is not None and not run.options.restart:
-            done = {d.isoformat() for d in days}
-            cps = run.store.checkpoints_of(name)
-            remaining -= sum(cp.rows_read for cp in cps if cp.partition in done)
+        if not run.options.restart:
+            read = (checkpoints.get(d.isoformat()) for d in days)
+            remaining -= sum(cp.rows_read for cp in read if cp is not None)
         if use_reader_process(run.config.source, remaining, self.target.ceiling):
             self.rows.reader = run.reader
             run.say(f"{name}: {remaining:,} rows to read: a second process reads them")
@@ -252,7 +252,7 @@ class DestinationRun:
             return
         problem = reconcile(self.target, self.run.source, store, task)
         if problem is not None and task.mode is not Mode.RECHECK and not task.rechecked:
-            cp = store.load(name, task.key)
+            cp = task.report.checkpoint  # as reconcile read it
             again = PartitionTask(task.day, Mode.RECHECK, cp, rechecked=True)
             again.report = task.report
             again.report.mode = Mode.RECHECK

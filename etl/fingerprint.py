@@ -65,11 +65,13 @@ def legacy_fingerprint(source: SourceConfig, dest: DestinationConfig) -> str:
 
 
 def changed_settings(
-    stored: str, stored_settings: str | None, settings: Settings, legacy: str = ""
+    stored: str, stored_settings: str | None, now: tuple[str, Settings], legacy: str = ""
 ) -> list[str]:
-    """The settings that changed since a partition's events were made (none: go on). A
-    checkpoint of an earlier version kept only a fingerprint: all it can say is 'the mapping'."""
-    if stored == fingerprint_of(settings):
+    """The settings that changed since a partition's events were made (none: go on); ``now``:
+    today's fingerprint and settings. A checkpoint of an earlier version kept only a
+    fingerprint: all it can say is 'the mapping'."""
+    fingerprint, settings = now
+    if stored == fingerprint:
         return []
     if stored_settings:
         before: Settings = json.loads(stored_settings)

@@ -5,9 +5,9 @@ The rules: every day of the range (from its start again with ``restart``); the c
 of the lookback before the range whose count changed since (late rows); the undated rows. A
 partition is read as new, resumed after its cursor, re-checked, or skipped (complete and
 unchanged, or never to be sent). A partition that a run would refuse to touch says why
-(``refused``): a
-mapping that changed what its events hold since some of its rows were sent, or a lease held by
-another run (a partition beside the range that another run holds is left to it instead).
+(``refused``): a mapping that changed what its events hold since some of its rows were sent, or
+a lease held by another run (a partition beside the range that another run holds is left to it
+instead).
 """
 
 from __future__ import annotations
@@ -82,9 +82,8 @@ def _judge(target: Destination, task: PartitionTask, leases: dict[str, LeaseHeld
         return
     cp = task.checkpoint
     if cp is not None and cp.rows_read > 0 and not task.restart:
-        changed = changed_settings(
-            cp.fingerprint, cp.settings, target.settings, target.legacy_fingerprint
-        )
+        now = (target.fingerprint, target.settings)
+        changed = changed_settings(cp.fingerprint, cp.settings, now, target.legacy_fingerprint)
         if changed:
             task.refused = mapping_changed(target.name, cp, changed)
             return

@@ -98,13 +98,6 @@ class DestinationReport:
     # the range's partitions this run left alone (complete and unchanged, or skipped): their state
     unchanged: dict[str, Checkpoint] = field(default_factory=dict)
 
-    def state(self, partition: str) -> Checkpoint | None:
-        """A partition of the run's range as the run left it: its totals over every run."""
-        for p in self.partitions:
-            if p.partition == partition and p.checkpoint is not None:
-                return p.checkpoint
-        return self.unchanged.get(partition)
-
     def total(self, attr: str) -> int:
         return sum(int(getattr(p, attr)) for p in self.partitions)
 

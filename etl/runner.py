@@ -62,12 +62,13 @@ def run_backfill(
     days = partition_days(config, first_day, last_day, options.include_today)
     resolved = [resolve_destination(config, n) for n in config.destination_names(destinations)]
     # Every secret is read now, before anything is sent, so a missing one stops the run at once.
-    if credentials is None:
+    if credentials is None:  # read from the environment, and checked
         credentials = {}
         if not options.dry_run:
             credentials = {d.name: resolve_credentials(d.name, d.config) for d in resolved}
-    for target in resolved:
-        check_credentials(target.name, target.config, credentials.get(target.name, {}))
+    else:  # handed over (Dagster's resources): checked alike
+        for target in resolved:
+            check_credentials(target.name, target.config, credentials.get(target.name, {}))
     paced = any(d.paced for d in resolved)
     opened = RunContext.open(config, options, timing, log, warn or log, stop, closed)
     with opened as run, tuned_interpreter(paced):

@@ -128,6 +128,9 @@ class DeliverySink:
                 self.pending.popleft()
                 acknowledged.append(self.account(batch, result, True))
                 self.limit = self.in_flight
+        except NotSent as exc:  # another batch stopped the destination first: its error
+            cause = exc.__cause__
+            return acknowledged, cause if isinstance(cause, DeliveryError) else exc
         except BaseException as exc:
             return acknowledged, exc
         return acknowledged, None

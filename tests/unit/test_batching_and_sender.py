@@ -1,10 +1,12 @@
 """Batch cutting, and the sender's split-on-reject against a scripted fake session."""
 
 import json
+import threading
 from datetime import UTC, datetime
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from etl.batching import Batcher
 from etl.config import DestinationConfig, SourceConfig
@@ -13,6 +15,9 @@ from etl.errors import FatalDeliveryError, RequestNotBuiltError, RetriesExhauste
 from etl.events import Event, Filtered, Rejected
 from etl.prepare import encode_outcomes
 from etl.sender import NotSent, Sender
+from etl.sink import DeliverySink
+from etl.state import StateStore
+from etl.state.ledger import Acknowledged
 from etl.vendors.fuul import Fuul, FuulOptions
 from tests.fakes import FakeClock
 
@@ -268,3 +273,34 @@ def test_a_request_that_cannot_be_built_never_left(clock, key):
             plain.send(encoded(1), departures)
     finally:
         plain.close()
+
+
+class StoppedSender:
+    """A sender whose destination was stopped by another batch's refused key: every batch it
+    is handed never leaves (as Sender.send does once it has given up)."""
+
+    stopping = threading.Event()
+
+    def send(self, payloads, departures=None, request_id=None):
+        refused = FatalDeliveryError("destination 'dest': fuul refused the credential")
+        raise NotSent() from refused
+
+
+def test_a_batch_that_never_left_surfaces_the_error_that_stopped_the_destination(tmp_path):
+    """The error a run stops on is the one that stopped the destination, not NotSent; and the
+    batches that never left are forgotten, nothing of them in doubt."""
+    store = StateStore(sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}"))
+    store.ensure()
+    batcher = Batcher(max_events=2, max_bytes=None)
+    batcher.start_partition("2024-01-01", 1)
+    first, second = batcher.add_rows(rows([event(n) for n in range(5)]))[:2]
+    sink = DeliverySink("dest", StoppedSender(), store, 1, lambda b, r, o: Acknowledged(b, r))
+    assert sink.submit(first) == []
+    with pytest.raises(FatalDeliveryError, match="refused the credential"):
+        sink.submit(second)
+    committed, unanswered = sink.stop(0.1)
+    assert committed == [] and unanswered == 0
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(store.batches)).scalar() == 0
+    sink.close()
+    store.close()
