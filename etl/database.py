@@ -44,6 +44,25 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+# collations that order text as its bytes (UTF-8 byte order is code point order)
+_BYTEWISE = {"c", "posix", "c.utf8", "c.utf-8", "ucs_basic"}
+
+
+def text_sorts_bytewise(engine: Engine, collation: str | None = None) -> bool:
+    """Whether text in this collation (default: the database's) compares byte by byte, as
+    ISO-8601 ranges need. Only PostgreSQL is asked; the others' default is byte order."""
+    if engine.dialect.name != "postgresql":
+        return True
+    if collation is None:
+        stmt = sa.text("SELECT * FROM pg_database WHERE datname = current_database()")
+        with engine.connect() as conn:
+            database = conn.execute(stmt).mappings().one()
+        if database.get("datlocprovider", "c") != "c":  # ICU (PostgreSQL 15 on)
+            return False
+        collation = str(database["datcollate"])
+    return collation.lower() in _BYTEWISE
+
+
 def _sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     """WAL: readers and one writer at once (parallel runs), commits without a full fsync each
     (still safe when the process is killed), and a wait instead of 'database is locked'. And

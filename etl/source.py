@@ -7,7 +7,7 @@ after the last row of the previous one, ordered by ``(timestamp, key)``; never O
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Sequence
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,11 +15,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from etl.config import PipelineConfig, SourceConfig
-from etl.database import make_engine, safe_url
+from etl.database import make_engine, safe_url, text_sorts_bytewise
 from etl.errors import SourceError
 from etl.events import Position
 from etl.timestamps import zone
 from etl.windows import Outside, binary_text, windows_for
+
+_EPOCH_DAY = date(1970, 1, 1)
 
 # Chunks of rows: each its column names and its rows' values in that order.
 Chunks = Generator[tuple[list[str], Sequence[Sequence[Any]]], None, None]
@@ -32,6 +34,8 @@ class Source:
         self.config: SourceConfig = config.source
         self.start_date = config.start_date
         self.engine = engine or make_engine(self.config.url)
+        if self.config.timestamp_type == "text" and self.engine.dialect.name == "postgresql":
+            sa.event.listen(self.engine, "connect", _without_memoize)
         self.tz = zone(self.config.timezone)
         self.relation = self._relation(config)
         self._check_columns(config)
@@ -44,6 +48,9 @@ class Source:
         stored_as_text = kind == "text" or (
             kind == "datetime" and (dialect == "sqlite" or isinstance(ts.type, sa.String))
         )
+        bytewise = not stored_as_text or text_sorts_bytewise(
+            self.engine, getattr(ts.type, "collation", None)
+        )
         self.windows = windows_for(
             self.relation,
             ts,
@@ -53,10 +60,11 @@ class Source:
             self.tz,
             stored_as_text,
             bool(getattr(ts.type, "timezone", False)),
+            bytewise,
         )
         self.from_ = self.windows.source(self.relation)
         # the raw value as it is read and compared in keyset order
-        self.ts_col: sa.ColumnElement[Any] = binary_text(ts, dialect) if stored_as_text else ts
+        self.ts_col: sa.ColumnElement[Any] = binary_text(ts, bytewise) if stored_as_text else ts
 
     def _check_columns(self, config: PipelineConfig) -> None:
         """The key and timestamp columns, then every destination's, exist; the error names the
@@ -133,6 +141,38 @@ class Source:
         stmt = sa.select(sa.func.count()).select_from(self.from_).where(where)
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
+
+    def count_by_day(
+        self, days: list[date], columns: Sequence[str]
+    ) -> dict[date, list[tuple[tuple[Any, ...], int]]]:
+        """The rows of these days counted by day and by the values of ``columns``: one pass
+        over the range where the warehouse can say a row's day, else a query a day."""
+        cols = [self.relation.c[c] for c in columns]
+        number = self.windows.day_number(self.engine.dialect.name)
+        counts: dict[date, list[tuple[tuple[Any, ...], int]]] = {day: [] for day in days}
+        if not days:
+            return counts
+        with self.engine.connect() as conn:
+            if number is None or min(days) < _EPOCH_DAY:
+                for day in days:
+                    stmt = self._grouped(self.partition(day), cols)
+                    counts[day] = [(tuple(r[:-1]), int(r[-1])) for r in conn.execute(stmt)]
+                return counts
+            # grouped by the label: the expression twice would be two sets of parameters
+            label = number.label("etl_day")
+            stmt = self._grouped(self.windows.days(min(days), max(days)), [label, *cols])
+            stmt = stmt.group_by(None).group_by(sa.literal_column("etl_day"), *cols)
+            for row in conn.execute(stmt):
+                day = _EPOCH_DAY + timedelta(days=int(row[0]))
+                if day in counts:  # the range may hold days the run skips
+                    counts[day].append((tuple(row[1:-1]), int(row[-1])))
+        return counts
+
+    def _grouped(
+        self, where: sa.ColumnElement[bool], by: Sequence[sa.ColumnElement[Any]]
+    ) -> sa.Select[Any]:
+        stmt = sa.select(*by, sa.func.count()).select_from(self.from_).where(where)
+        return stmt.group_by(*by) if by else stmt
 
     def outside(self, last_day: date) -> Outside:
         """Rows outside the partitions start_date..last_day, by kind: counted one by one (an
@@ -226,6 +266,19 @@ class Source:
         )
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
+
+
+def _without_memoize(dbapi_connection: Any, _record: Any) -> None:
+    """This session's queries without PostgreSQL's Memoize (14 on): it would cache each row's
+    steps of the text grammar (etl.windows) by the value, a hash lookup that costs twice the
+    step; the setting is the session's, nothing of the warehouse's changes."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute(
+        "SELECT set_config('enable_memoize', 'off', false) "
+        "WHERE current_setting('server_version_num')::int >= 140000"
+    )
+    cursor.close()
+    dbapi_connection.commit()
 
 
 def _check_timestamp_type(column: sa.ColumnElement[Any], kind: str, dialect: str) -> None:

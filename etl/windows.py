@@ -102,6 +102,21 @@ class Windows:
     def bound(self, instant: datetime) -> Any:
         raise NotImplementedError
 
+    def day_number(self, dialect: str) -> sa.ColumnElement[Any] | None:
+        """A row's UTC day as days since 1970-01-01, in SQL, for rows of the partitions from
+        1970 on; None where the warehouse cannot say it as the bounds do (then each day is
+        counted with its own bounds)."""
+        return None
+
+
+def _days_since_epoch(
+    number: sa.ColumnElement[Any], per_day: int, dialect: str
+) -> sa.ColumnElement[Any]:
+    """Whole days of a non-negative number of units since the epoch (SQLite may be built
+    without floor: its CAST truncates, which is the same from 1970 on)."""
+    days = number / float(per_day)
+    return sa.cast(days if dialect == "sqlite" else sa.func.floor(days), sa.BigInteger)
+
 
 class NativeWindows(Windows):
     """A timestamp column: bounds in UTC if it holds aware values, else in the source's zone."""
@@ -118,6 +133,14 @@ class NativeWindows(Windows):
             return instant.astimezone(UTC)
         return instant.astimezone(self.tz).replace(tzinfo=None)
 
+    def day_number(self, dialect: str) -> sa.ColumnElement[Any] | None:
+        if dialect not in ("postgresql", "duckdb"):
+            return None
+        instant = self.column
+        if not self.aware:  # local times of the source's zone
+            instant = instant.op("AT TIME ZONE")(sa.literal(str(self.tz)))
+        return _days_since_epoch(sa.extract("epoch", instant), 86_400, dialect)
+
 
 class IsoTextWindows(Windows):
     """A ``datetime`` kept as ISO text (SQLite, or a text column): compared as text, with the
@@ -125,8 +148,10 @@ class IsoTextWindows(Windows):
 
     ranges = True
 
-    def __init__(self, column: sa.ColumnElement[Any], tz: tzinfo, dialect: str) -> None:
-        super().__init__(binary_text(column, dialect))
+    def __init__(
+        self, column: sa.ColumnElement[Any], tz: tzinfo, dialect: str, bytewise: bool
+    ) -> None:
+        super().__init__(binary_text(column, bytewise))
         self.tz = tz
         self.shaped = _starts_with_a_date(column, dialect)
 
@@ -153,6 +178,9 @@ class EpochWindows(Windows):
     def bound(self, instant: datetime) -> Any:
         return epoch_us(instant) * self.per_second // 1_000_000
 
+    def day_number(self, dialect: str) -> sa.ColumnElement[Any] | None:
+        return _days_since_epoch(self.column, 86_400 * self.per_second, dialect)
+
 
 class MixedTextWindows(Windows):
     """A ``text`` column of ISO-8601 (with or without offsets) and epoch digits, read as UTC
@@ -164,14 +192,16 @@ class MixedTextWindows(Windows):
         column: sa.ColumnElement[Any],
         zone_name: str,
         dialect: str,
+        bytewise: bool = True,
     ) -> None:
-        self.raw = binary_text(column, dialect)
-        self.lateral: sa.FromClause | None = None
+        self.raw = binary_text(column, bytewise)
+        self.utc = zone_name in ("UTC", "Etc/UTC")
+        self.laterals: list[sa.FromClause] = []
         if dialect in ("sqlite", "duckdb"):
             function = getattr(sa.func, TEXT_FUNCTION)
             micros: sa.ColumnElement[Any] = function(column, zone_name, type_=sa.BigInteger)
         elif dialect == "postgresql":
-            self.lateral, micros = _postgres_text_to_epoch_us(relation, column, zone_name)
+            self.laterals, micros = _postgres_text_to_epoch_us(relation, column, zone_name)
         else:
             raise ConfigError(
                 "source.timestamp_type: text is read on SQLite, PostgreSQL and DuckDB; on "
@@ -180,12 +210,15 @@ class MixedTextWindows(Windows):
         super().__init__(micros)
 
     def source(self, relation: sa.FromClause) -> sa.FromClause:
-        if self.lateral is None:
-            return relation
-        return relation.join(self.lateral, sa.true())
+        for lateral in self.laterals:
+            relation = relation.join(lateral, sa.true())
+        return relation
 
     def bound(self, instant: datetime) -> Any:
         return epoch_us(instant)
+
+    def day_number(self, dialect: str) -> sa.ColumnElement[Any] | None:
+        return _days_since_epoch(self.column, 86_400_000_000, dialect)
 
     def days(self, first: date, last: date) -> sa.ColumnElement[bool]:
         return sa.and_(self._candidates(first, last), super().days(first, last))
@@ -199,16 +232,24 @@ class MixedTextWindows(Windows):
     def _candidates(self, first: date, last: date) -> sa.ColumnElement[bool]:
         """A text condition that every row of the days meets (and a few others), so that the
         grammar runs on few rows and an index on the column can serve it: ISO text written on
-        the day before to the day after (an offset or the source's zone moves a time by less
-        than a day), epoch digits between the days' bounds (seconds and milliseconds alike:
-        the same digits lead), and anything that starts with a space or a sign."""
+        the days, and on the day before (after) those with a negative (positive) offset, or
+        any in a source zone other than UTC (an offset or the zone moves a time by less than a
+        day); epoch digits between the days' bounds (seconds and milliseconds alike: the same
+        digits lead); and anything that starts with a space or a sign."""
         raw = self.raw
         lo, hi = day_bounds(first)[0], day_bounds(last)[1]
-        written = sa.and_(
-            raw >= (first - timedelta(days=1)).isoformat(),
-            raw < (last + timedelta(days=2)).isoformat(),
-        )
-        ranges = [written, raw < "0"]
+        before, after = first - timedelta(days=1), last + timedelta(days=1)
+        written_before = [raw >= before.isoformat(), raw < first.isoformat()]
+        written_after = [raw >= after.isoformat(), raw < (after + timedelta(days=1)).isoformat()]
+        if self.utc:  # a time without an offset is UTC: only an offset moves it to another day
+            written_before.append(sa.func.substr(raw, 11).contains("-"))
+            written_after.append(raw.contains("+"))
+        ranges = [
+            sa.and_(raw >= first.isoformat(), raw < after.isoformat()),
+            sa.and_(*written_before),
+            sa.and_(*written_after),
+            raw < "0",
+        ]
         for low, high in _same_length_ranges(epoch_us(lo) // 1_000_000, epoch_us(hi) // 1_000_000):
             ranges.append(sa.and_(raw >= str(low), raw < str(high)))
         return sa.or_(*ranges)
@@ -225,11 +266,12 @@ def _same_length_ranges(low: int, high: int) -> list[tuple[int, int]]:
     return pieces
 
 
-def binary_text(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[Any]:
-    """The column as text compared byte by byte (PostgreSQL's default collation may ignore
-    punctuation, which would break ranges of ISO text)."""
+def binary_text(column: sa.ColumnElement[Any], bytewise: bool) -> sa.ColumnElement[Any]:
+    """The column as text compared byte by byte: as it is where its collation does (then an
+    index on the column serves its ranges), else in PostgreSQL's "C" (a collation such as
+    en_US ignores punctuation, which would break ranges of ISO text)."""
     text = sa.type_coerce(column, sa.String())
-    return sa.collate(text, "C") if dialect == "postgresql" else text
+    return text if bytewise else sa.collate(text, "C")
 
 
 def _starts_with_a_date(column: sa.ColumnElement[Any], dialect: str) -> sa.ColumnElement[bool]:
@@ -239,69 +281,117 @@ def _starts_with_a_date(column: sa.ColumnElement[Any], dialect: str) -> sa.Colum
     return text.regexp_match("^[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
+def _no_groups(pattern: str) -> str:
+    """A pattern without capturing groups: PostgreSQL tests ``~`` with its fast automaton,
+    where ``regexp_match`` with groups costs about 100 µs a value."""
+    return pattern.replace("(?:", "(").replace("(", "(?:").replace("(?:?:", "(?:")
+
+
 def _postgres_text_to_epoch_us(
     relation: sa.FromClause, column: sa.ColumnElement[Any], zone_name: str
-) -> tuple[sa.FromClause, sa.ColumnElement[Any]]:
-    """The grammar of :mod:`etl.timestamps` in PostgreSQL: a LATERAL subquery matches each value
-    once against the ISO and the epoch patterns, and an expression turns the parts into UTC
-    microseconds (NULL where no pattern matches or a part is out of range)."""
-    from sqlalchemy.dialects.postgresql import ARRAY  # 20 ms to import: PostgreSQL only
-
-    trimmed = sa.func.btrim(sa.type_coerce(column, sa.String()), SPACES)
-    iso = sa.func.regexp_match(trimmed, f"^{ISO_PATTERN}$", type_=ARRAY(sa.Text))
-    epoch = sa.func.regexp_match(trimmed, f"^{EPOCH_PATTERN}$", type_=ARRAY(sa.Text))
-    # OFFSET 0 keeps PostgreSQL from pulling the subquery up into the conditions, where each
-    # use of a part would match the patterns again (dozens of regexp_match a row)
-    parts = (
-        sa.select(iso.label("iso"), epoch.label("epoch"))
-        .correlate(relation)
-        .offset(0)
-        .lateral("etl_ts")
+) -> tuple[list[sa.FromClause], sa.ColumnElement[Any]]:
+    """The grammar of :mod:`etl.timestamps` in PostgreSQL, in LATERAL subqueries that each
+    compute a step once a value (OFFSET 0 keeps PostgreSQL from pulling one up into the next,
+    where each use would compute it again): the value trimmed and its form tested with
+    patterns without groups; its parts cut out by position (the form is known) as integers;
+    then UTC microseconds, NULL where no form matches or a part is out of range."""
+    text = sa.func.btrim(sa.type_coerce(column, sa.String()), SPACES)
+    form = _lateral(
+        "etl_form",
+        [relation],
+        t=text,
+        epoch=text.op("~")(f"^{_no_groups(EPOCH_PATTERN)}$"),
+        iso=text.op("~")(f"^{_no_groups(ISO_PATTERN)}$"),
+    )
+    t, iso = form.c.t, form.c.iso
+    rest = sa.func.substr(t, 17)  # after YYYY-MM-DDTHH:MM: seconds, fraction, zone
+    text_parts = _lateral(
+        "etl_text",
+        [form],
+        whole=sa.case((form.c.epoch, sa.func.split_part(t, ".", 1))),
+        epoch_fraction=sa.case((form.c.epoch, sa.func.split_part(t, ".", 2))),
+        rest=sa.case((iso, rest)),
+        zone_at=sa.case((iso, sa.func.greatest(*(sa.func.strpos(rest, c) for c in "+-Zz")))),
+    )
+    p = text_parts.c
+    zone = sa.case((p.zone_at > 0, sa.func.substr(p.rest, p.zone_at)))
+    fraction = sa.case(
+        (
+            sa.func.substr(p.rest, 4, 1).in_([".", ","]),
+            sa.func.rtrim(
+                sa.func.substr(p.rest, 5, sa.case((p.zone_at > 0, p.zone_at - 5), else_=9)), " "
+            ),
+        )
+    )
+    utc_zone = zone.in_(["Z", "z"])
+    numbers = _lateral(
+        "etl_numbers",
+        [form, text_parts],
+        epoch_us=_pg_epoch_micros(p.whole, p.epoch_fraction),
+        **{name: sa.case((iso, _num(sa.func.substr(t, at, n)))) for name, at, n in _ISO_PLACES},
+        ss=sa.case((sa.func.substr(p.rest, 1, 1) == ":", _num(sa.func.substr(p.rest, 2, 2)))),
+        us=_fraction(fraction, 6),
+        naive=zone.is_(None),
+        zone_h=sa.case((utc_zone, 0), else_=_num(sa.func.substr(zone, 2, 2))),
+        zone_m=sa.case(
+            (utc_zone, 0), else_=_num(sa.func.substr(sa.func.replace(zone, ":", ""), 4, 2))
+        ),
+        zone_sign=sa.case((sa.func.substr(zone, 1, 1) == "-", -1), else_=1),
     )
     micros = sa.case(
-        (parts.c.epoch.is_not(None), _pg_epoch_micros(parts.c.epoch)),
-        (parts.c.iso.is_not(None), _pg_iso_micros(parts.c.iso, zone_name)),
+        (form.c.epoch, numbers.c.epoch_us),
+        (iso, _pg_iso_micros(numbers.c, zone_name)),
     )
-    return parts, sa.cast(micros, sa.BigInteger)
+    value = _lateral("etl_ts", [form, numbers], micros=micros)
+    return [form, text_parts, numbers, value], value.c.micros
+
+
+def _lateral(name: str, outer: list[sa.FromClause], **columns: Any) -> sa.FromClause:
+    """SELECT the columns OFFSET 0, LATERAL to ``outer``: computed once a row."""
+    select = sa.select(*(value.label(key) for key, value in columns.items()))
+    return select.correlate(*outer).offset(0).lateral(name)
+
+
+# where ISO-8601's parts are, once the form is known (a time starts at the 12th character)
+_ISO_PLACES = [("y", 1, 4), ("m", 6, 2), ("d", 9, 2), ("hh", 12, 2), ("mi", 15, 2)]
 
 
 def _num(part: Any) -> sa.ColumnElement[Any]:
-    """A matched group of digits as a number (0 where the group did not match)."""
-    return sa.cast(sa.func.coalesce(sa.func.nullif(part, ""), "0"), sa.BigInteger)
+    """Digits as a number (0 where there are none)."""
+    return sa.cast(sa.func.coalesce(sa.func.nullif(part, ""), "0"), sa.Integer)
 
 
 def _fraction(part: Any, digits: int) -> sa.ColumnElement[Any]:
     """The first ``digits`` digits of a fraction, padded with zeros."""
     padded = sa.func.rpad(sa.func.coalesce(part, ""), digits, "0")
-    return sa.cast(sa.func.substr(padded, 1, digits), sa.BigInteger)
+    return sa.cast(sa.func.substr(padded, 1, digits), sa.Integer)
 
 
-def _pg_epoch_micros(epoch: Any) -> sa.ColumnElement[Any]:
+# epoch milliseconds of the last one of the year 9999
+_MAX_EPOCH_MS = MAX_EPOCH_US // 1000
+
+
+def _pg_epoch_micros(whole: Any, fraction: Any) -> sa.ColumnElement[Any]:
     """Epoch digits: seconds under 10^11, milliseconds from there; none past the year 9999."""
-    whole = epoch[1]
-    micros = sa.case(
-        (
-            sa.func.length(whole) < MS_DIGITS,
-            sa.cast(whole, sa.Numeric) * 1_000_000 + _fraction(epoch[2], 6),
-        ),
-        (sa.func.length(whole) <= 15, sa.cast(whole, sa.Numeric) * 1000 + _fraction(epoch[2], 3)),
+    digits = sa.func.length(whole)
+    number = sa.cast(whole, sa.BigInteger)
+    milliseconds = sa.case((number <= _MAX_EPOCH_MS, number * 1000 + _fraction(fraction, 3)))
+    return sa.case(  # CASE, not AND: no cast of more digits than a bigint holds
+        (digits < MS_DIGITS, number * 1_000_000 + _fraction(fraction, 6)),
+        (digits <= 15, milliseconds),
     )
-    return sa.case((micros <= MAX_EPOCH_US, micros))
 
 
-def _pg_iso_micros(iso: Any, zone_name: str) -> sa.ColumnElement[Any]:
-    """ISO-8601 parts as UTC microseconds. Dates are counted with integers, so that no invalid
-    date reaches a cast; a naive time in another zone than UTC goes through ``AT TIME ZONE``."""
-    y, m, d = _num(iso[1]), _num(iso[2]), _num(iso[3])
-    hh, mi, ss, zone_text = _num(iso[4]), _num(iso[5]), _num(iso[6]), iso[8]
-    micros_of_day = ((hh * 60 + mi) * 60 + ss) * 1_000_000 + _fraction(iso[7], 6)
-    local_micros = _days_from_civil(y, m, d) * 86_400_000_000 + micros_of_day
-    zone_hours = _num(sa.func.substr(zone_text, 2, 2))
-    zone_minutes = _num(sa.func.substr(sa.func.replace(zone_text, ":", ""), 4, 2))
-    utc = zone_text.in_(["Z", "z"])
-    sign = sa.case((sa.func.substr(zone_text, 1, 1) == "-", -1), else_=1)
-    offset_micros = sa.case((utc, 0), else_=sign * (zone_hours * 60 + zone_minutes) * 60_000_000)
-    zone_ok = sa.or_(zone_text.is_(None), utc, sa.and_(zone_hours <= 23, zone_minutes <= 59))
+def _pg_iso_micros(n: Any, zone_name: str) -> sa.ColumnElement[Any]:
+    """ISO-8601 parts (integers) as UTC microseconds. Dates are counted with integers, so that
+    no invalid date reaches a cast; a naive time in another zone than UTC goes through ``AT
+    TIME ZONE``."""
+    y, m, d, hh, mi, ss = n.y, n.m, n.d, n.hh, n.mi, n.ss
+    ss = sa.func.coalesce(ss, 0)
+    micros_of_day = sa.cast((hh * 60 + mi) * 60 + ss, sa.BigInteger) * 1_000_000 + n.us
+    local_micros = sa.cast(_days_from_civil(y, m, d), sa.BigInteger) * 86_400_000_000
+    local_micros = local_micros + micros_of_day
+    offset_micros = sa.cast(n.zone_sign * (n.zone_h * 60 + n.zone_m), sa.BigInteger) * 60_000_000
     valid = sa.and_(
         y >= 1,
         m.between(1, 12),
@@ -309,17 +399,18 @@ def _pg_iso_micros(iso: Any, zone_name: str) -> sa.ColumnElement[Any]:
         hh <= 23,
         mi <= 59,
         ss <= 59,
-        zone_ok,
+        n.zone_h <= 23,
+        n.zone_m <= 59,
     )
     if zone_name in ("UTC", "Etc/UTC"):
         naive_micros: sa.ColumnElement[Any] = local_micros
     else:
-        seconds = sa.cast(ss, sa.Float) + sa.cast(_fraction(iso[7], 6), sa.Float) / 1_000_000
-        ints = [sa.cast(part, sa.Integer) for part in (y, m, d, hh, mi)]
+        seconds = sa.cast(ss, sa.Float) + sa.cast(n.us, sa.Float) / 1e6
+        ints = [y, m, d, hh, mi]
         aware = sa.func.make_timestamp(*ints, seconds).op("AT TIME ZONE")(sa.literal(zone_name))
         naive_micros = sa.cast(sa.extract("epoch", aware) * 1_000_000, sa.BigInteger)
     return sa.case(
-        (sa.and_(valid, zone_text.is_(None)), naive_micros),
+        (sa.and_(valid, n.naive), naive_micros),
         (valid, local_micros - offset_micros),
     )
 
@@ -349,12 +440,14 @@ def windows_for(
     tz: tzinfo,
     stored_as_text: bool,
     aware: bool,
+    bytewise: bool = True,
 ) -> Windows:
-    """The windows of a timestamp column of this ``kind`` in this warehouse."""
+    """The windows of a timestamp column of this ``kind`` in this warehouse (``bytewise``: its
+    text compares byte by byte as it is)."""
     if kind == "text":
-        return MixedTextWindows(relation, column, zone_name, dialect)
+        return MixedTextWindows(relation, column, zone_name, dialect, bytewise)
     if kind in ("epoch_s", "epoch_ms"):
         return EpochWindows(column, 1 if kind == "epoch_s" else 1000)
     if stored_as_text:
-        return IsoTextWindows(column, tz, dialect)
+        return IsoTextWindows(column, tz, dialect, bytewise)
     return NativeWindows(column, aware, tz)
