@@ -29,6 +29,10 @@ from etl.statuses import Mode
 from etl.windows import Outside
 
 _DETAIL = re.compile(r" \(got .*\)$")
+# Up to this many rows in new partitions, a plan maps every row as a run does (a few seconds);
+# beyond, it counts them in the warehouse (grouped by day and by the filter's columns), and
+# leaves the vendor's rules on each row to `etl plan --rows`.
+EXACT_ROWS = 200_000
 
 
 def reason_kind(reason: str) -> str:
@@ -67,6 +71,7 @@ class DestinationPlan:
     skipped_rows: int = 0
     skipped_reason: str = ""
     near_miss: str | None = None  # the first near miss: the filter's key and the value
+    unchecked: int = 0  # rows counted in the warehouse: not checked against the vendor's rules
 
     def total(self, attr: str) -> int:
         return sum(int(getattr(p, attr)) for p in self.partitions)
@@ -130,16 +135,19 @@ def plan_backfill(
     last_day: date | None = None,
     include_today: bool = False,
     restart: bool = False,
+    rows: bool | None = None,
 ) -> Plan:
     """Plan the range (default: start_date to yesterday) for the chosen destinations, as
-    ``etl run`` with the same range and ``restart`` would go through it."""
+    ``etl run`` with the same range and ``restart`` would go through it. ``rows``: map every
+    row as a run does (True), count the new partitions' rows in the warehouse (False), or the
+    first up to :data:`EXACT_ROWS` rows (None)."""
     days = partition_days(config, first_day, last_day, include_today)
     source = Source(config)
     store = existing_store(config)
     try:
         plans = [
             _plan_destination(
-                resolve_destination(config, name), source, store, config, days, restart
+                resolve_destination(config, name), source, store, config, days, restart, rows
             )
             for name in config.destination_names(destinations)
         ]
@@ -159,6 +167,7 @@ def _plan_destination(
     config: PipelineConfig,
     days: list[date],
     restart: bool,
+    rows: bool | None,
 ) -> DestinationPlan:
     vendor = target.vendor
     plan = DestinationPlan(target.name, target.config.vendor, target.rate)
@@ -180,8 +189,47 @@ def _plan_destination(
     )
     plan.partitions = [PartitionPlan.of(t) for t in tasks]
     if not plan.refused:  # a run that would refuse a partition sends nothing here
-        _read(RowReader(target, source), store, tasks, _PlanSink(plan))
+        reader = RowReader(target, source)
+        if rows is not True:
+            tasks = _count_new(reader, tasks, plan, exact_up_to=EXACT_ROWS if rows is None else -1)
+        _read(reader, store, tasks, _PlanSink(plan))
     return plan
+
+
+def _count_new(
+    rows: RowReader, tasks: list[PartitionTask], plan: DestinationPlan, exact_up_to: int
+) -> list[PartitionTask]:
+    """Count the new partitions' rows in the warehouse, by day and by the values of the
+    filter's columns (which the filter judges as it judges rows), unless they are at most
+    ``exact_up_to``; return the tasks left to read row by row."""
+    new = [t for t in tasks if t.mode is Mode.NEW and t.day is not None]
+    row_filter = rows.preparer.mapper.filter
+    columns = list(row_filter.allowed)
+    counts = rows.source.count_by_day([t.day for t in new if t.day is not None], columns)
+    if sum(n for groups in counts.values() for _, n in groups) <= exact_up_to:
+        return tasks
+    plans = {p.partition: p for p in plan.partitions}
+    per_request, queued = rows.target.events_per_request, 0
+    for task in new:
+        assert task.day is not None
+        part = plans[task.key]
+        for values, n in counts[task.day]:
+            row = dict(zip(columns, values, strict=True))
+            part.rows += n
+            if row_filter.keeps(row):
+                part.to_send += n
+                continue
+            part.filtered += n
+            miss = row_filter.near_miss(row)
+            if miss is not None:
+                part.near_misses += n
+                plan.near_miss = plan.near_miss or near_miss_text(miss)
+        # requests as the batches would close: each counts in the partition it starts in
+        part.requests = -(-(queued + part.to_send) // per_request) - -(-queued // per_request)
+        queued += part.to_send
+        plan.unchecked += part.to_send
+    counted = {id(t) for t in new}
+    return [t for t in tasks if id(t) not in counted]
 
 
 def _read(

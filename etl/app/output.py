@@ -89,6 +89,11 @@ def print_plan(plan: Plan, by_partition: bool) -> None:
         click.echo(f"  not sent  {sum(rejected.values()):>10,}")
         for reason, count in rejected.most_common():
             click.echo(f"    {count:>10,}  {reason}")
+        if p.unchecked:
+            click.echo(
+                f"  counted in the warehouse: {p.unchecked:,} rows to send not checked against "
+                f"{p.vendor}'s rules (etl plan --rows maps every row as a run does)"
+            )
         print_near_misses(p.total("near_misses"), p.near_miss)
         for part in p.refused:
             click.echo(f"  REFUSED {part.partition}: {part.refused}")

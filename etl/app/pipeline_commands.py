@@ -29,7 +29,7 @@ from etl.app.output import (
 from etl.config import PipelineConfig
 from etl.database import dispose
 from etl.errors import EtlError
-from etl.plan import plan_backfill
+from etl.plan import EXACT_ROWS, plan_backfill
 from etl.ranges import yesterday
 from etl.replay import replay_dead_letters
 from etl.run_context import RunOptions
@@ -121,6 +121,13 @@ def run(
 @include_today_option
 @click.option("--restart", is_flag=True, help="Plan a run with --restart.")
 @click.option("--by-partition", is_flag=True, help="One line per partition as well.")
+@click.option(
+    "--rows/--counts",
+    "rows",
+    default=None,
+    help="Map every row as a run does (dead letters counted by reason), or count the new "
+    f"partitions' rows in the warehouse (default: --rows up to {EXACT_ROWS:,} rows).",
+)
 def plan(
     config_path: Path,
     destinations: tuple[str, ...],
@@ -129,12 +136,13 @@ def plan(
     include_today: bool,
     restart: bool,
     by_partition: bool,
+    rows: bool | None,
 ) -> None:
     """What a run would send, filter and reject, and how long it would take, partition by
     partition as `etl run` would go through them (refusals included). Sends nothing."""
     config = load(config_path)
     result = plan_backfill(
-        config, list(destinations) or None, first_day, last_day, include_today, restart
+        config, list(destinations) or None, first_day, last_day, include_today, restart, rows
     )
     print_plan(result, by_partition)
 

@@ -15,7 +15,9 @@ from etl.app.cli import cli
 from etl.errors import ConfigError, SourceError
 from etl.events import event_id_for
 from etl.loader import load_pipeline
+from etl.plan import plan_backfill
 from etl.runner import run_backfill
+from etl.statuses import Mode
 from tests.conftest import DESTINATION, POSTGRES_URL, Warehouse, require_postgres, warehouse_of
 from tests.integration import messy
 from tests.integration.scenario import store_of
@@ -102,6 +104,33 @@ def test_every_row_lands_in_its_utc_day(tmp_path, any_warehouse, sandbox, clock)
         )
         entries = log.history(DESTINATION, source_key)
         assert [e["partition"] for e in entries] == [day]
+
+
+def test_a_plan_counted_in_the_warehouse_agrees_with_one_read_row_by_row(
+    tmp_path, any_warehouse, sandbox
+):
+    """Above EXACT_ROWS a plan counts each new day's rows in the warehouse, grouped by day and
+    by the filter's columns: the same days, rows, filtered rows and near misses as mapping
+    every row, its rows to send the mapped ones plus those the vendor's rules would refuse."""
+    messy.create_messy_table(any_warehouse, messy.messy_rows())
+    config = load_pipeline(pipeline(tmp_path, any_warehouse, sandbox.url))
+    span = {"first_day": messy.START, "last_day": messy.LAST}
+    [mapped] = plan_backfill(config, rows=True, **span).destinations
+    [counted] = plan_backfill(config, rows=False, **span).destinations
+    assert mapped.total("filtered") > 0 and mapped.total("near_misses") > 0
+    assert mapped.unchecked == 0
+    dated = [p for p in counted.partitions if p.mode is Mode.NEW and p.partition != "undated"]
+    assert counted.unchecked == sum(p.to_send for p in dated) > 0
+    assert counted.near_miss == mapped.near_miss
+    for m, c in zip(mapped.partitions, counted.partitions, strict=True):
+        same = ("partition", "mode", "rows", "filtered", "near_misses")
+        assert [getattr(c, a) for a in same] == [getattr(m, a) for a in same]
+        if m.partition == "undated":  # no day to count it by: read row by row in both
+            assert (c.to_send, c.rejected) == (m.to_send, m.rejected)
+        else:
+            assert c.to_send == m.to_send + sum(m.rejected.values()), m.partition
+    assert counted.total("rows") == mapped.total("rows") > 0
+    assert sandbox.sandbox.stats == {}
 
 
 def test_plan_run_and_status_count_the_rows_outside_every_day(tmp_path, sandbox, clock):
