@@ -77,6 +77,7 @@ CREATE TABLE etl_deliveries (
 	recorded_at TIMESTAMP WITH TIME ZONE NOT NULL,
 	PRIMARY KEY (destination, partition, seq)
 );
+CREATE INDEX ix_etl_deliveries_recorded_at ON etl_deliveries (destination, recorded_at);
 
 CREATE TABLE etl_leases (
 	destination VARCHAR(100) NOT NULL,

@@ -1,4 +1,5 @@
-"""Bringing state tables written by an earlier version up to date: the columns they lack.
+"""Bringing state tables written by an earlier version up to date: the columns and the indexes
+they lack.
 
 Only added columns (nullable, or with a default) are ever needed; Alembic's ``AddColumn``
 construct compiles the ``ALTER TABLE`` from the table declarations. Where the dialect cannot
@@ -42,4 +43,25 @@ def add_missing_columns(conn: sa.Connection, tables: list[sa.Table]) -> list[str
         table = column.table
         conn.execute(AddColumn(table.name, column, schema=table.schema))
         added.append(f"{table.name}.{column.name}")
+    return added
+
+
+def add_missing_indexes(conn: sa.Connection, tables: list[sa.Table]) -> list[str]:
+    """Create the declared indexes that existing tables lack; their names. Not on DuckDB,
+    which cannot list a table's indexes (nor uses them for ranges)."""
+    if conn.dialect.name == "duckdb":
+        return []
+    inspector = sa.inspect(conn)
+    added = []
+    for table in tables:
+        if not table.indexes:
+            continue
+        try:
+            present = {i["name"] for i in inspector.get_indexes(table.name, schema=table.schema)}
+        except (SQLAlchemyError, NotImplementedError):
+            continue
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            if index.name not in present:
+                index.create(conn)
+                added.append(str(index.name))
     return added

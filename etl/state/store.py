@@ -22,7 +22,7 @@ from etl.state.checkpoint import Checkpoint
 from etl.state.deliveries import DeliveryLog
 from etl.state.leases import Leases
 from etl.state.ledger import Acknowledged, Ledger, now, unknown_counts
-from etl.state.migrate import add_missing_columns, missing_columns
+from etl.state.migrate import add_missing_columns, add_missing_indexes, missing_columns
 from etl.state.tables import ADVANCED, state_tables
 from etl.statuses import BatchStatus, PartitionStatus
 
@@ -50,9 +50,9 @@ class StateStore:
         self.leases = Leases(engine, self.tables.leases)
 
     def ensure(self) -> None:
-        """Create the schema and the tables where they are absent, and the columns an earlier
-        version did not have. Several processes starting at once may race (IF NOT EXISTS is
-        checked, then created): the loser tries again."""
+        """Create the schema and the tables where they are absent, and the columns and indexes
+        an earlier version did not have. Several processes starting at once may race (IF NOT
+        EXISTS is checked, then created): the loser tries again."""
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
@@ -60,6 +60,7 @@ class StateStore:
                         conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
                     self.metadata.create_all(conn, checkfirst=True)
                     add_missing_columns(conn, self.tables.all())
+                    add_missing_indexes(conn, self.tables.all())
                 return
             except (IntegrityError, OperationalError, ProgrammingError):  # lost a race
                 if attempt == 2:

@@ -158,6 +158,8 @@ def _deliveries(metadata: sa.MetaData, prefix: str, schema: str | None) -> sa.Ta
             "gone", sa.Text, comment='JSON {index: [when, "deleted" or "moved"]}: left the source'
         ),
         sa.Column("recorded_at", _TS, nullable=False),
+        # the retention purge finds what is old without reading the log
+        sa.Index(f"ix_{prefix}deliveries_recorded_at", "destination", "recorded_at"),
         schema=schema,
         comment="the per-row delivery log, a row per slice: which source row went where",
     )

@@ -81,3 +81,31 @@ def test_the_log_is_purged_after_its_retention(tmp_path, sandbox, clock):
         assert source.count_partition(date.fromisoformat(first)) != partitions[first].present
         task = plan_task(source, date.fromisoformat(first), partitions[first])
         assert task.mode == "skip"
+
+
+def test_state_tables_of_an_earlier_version_get_the_purges_index(tmp_path, warehouse):
+    """The retention purge finds old slices by an index on (destination, recorded_at): a state
+    database made before it existed gets it on the next run's start, and keeps its rows."""
+    from etl.state.store import StateStore
+
+    engine = warehouse.engine()
+    store = StateStore(engine, "etl_", warehouse.schema)
+    if warehouse.schema:
+        with engine.begin() as conn:
+            conn.execute(sa.schema.CreateSchema(warehouse.schema, if_not_exists=True))
+    store.ensure()
+    name = "ix_etl_deliveries_recorded_at"
+
+    def indexes() -> set[str]:
+        found = sa.inspect(engine).get_indexes("etl_deliveries", schema=warehouse.schema)
+        return {str(i["name"]) for i in found}
+
+    assert name in indexes()
+    with engine.begin() as conn:  # as an earlier version left it
+        [index] = [i for i in store.log.table.indexes if i.name == name]
+        conn.execute(sa.schema.DropIndex(index))
+    assert name not in indexes()
+    store.ensure()
+    assert name in indexes()
+    assert store.log.purge(DESTINATION, datetime.now(UTC)) == 0
+    engine.dispose()
