@@ -74,11 +74,14 @@ class DestinationRun:
 
     # -- the run ----------------------------------------------------------------------------
 
-    def send(self, days: list[date], earlier: list[date]) -> DestinationReport:
-        """The range's days (and the complete ``earlier`` ones, re-checked for late rows)."""
+    def send(
+        self, days: list[date], earlier: list[date], settled_before: date | None = None
+    ) -> DestinationReport:
+        """The range's days (and the complete ``earlier`` ones, re-checked for late rows; the
+        complete ones before ``settled_before`` left alone)."""
         started = time.monotonic()
         try:
-            self.plan(days, earlier)
+            self.plan(days, earlier, settled_before)
             while self.queue:
                 self.send_partition(self.queue.popleft())
                 if not self.queue:  # the last answers may queue a re-check of a partition
@@ -99,7 +102,7 @@ class DestinationRun:
         self._purge_old_log()
         return self.report
 
-    def plan(self, days: list[date], earlier: list[date]) -> None:
+    def plan(self, days: list[date], earlier: list[date], settled_before: date | None) -> None:
         """The planner's partitions (a refused one stops the destination before it sends
         anything); chooses the reader, starts the bar."""
         run, asked = self.run, days
@@ -116,6 +119,7 @@ class DestinationRun:
             checkpoints,
             restart=run.options.restart,
             leases=run.leases,
+            settled_before=settled_before,
         )
         refuse(tasks)
         for task in tasks:

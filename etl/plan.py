@@ -22,7 +22,7 @@ from etl.events import Batch, near_miss_text
 from etl.indexes import index_advice
 from etl.partition import LogFilter, PartitionTask, RowReader
 from etl.planner import plan_partitions
-from etl.ranges import lookback_days, partition_days, skip_too_old
+from etl.ranges import lookback_days, partition_days, settled_before, skip_too_old
 from etl.source import Source
 from etl.state import StateStore, existing_store
 from etl.statuses import Mode
@@ -147,7 +147,14 @@ def plan_backfill(
     try:
         plans = [
             _plan_destination(
-                resolve_destination(config, name), source, store, config, days, restart, rows
+                resolve_destination(config, name),
+                source,
+                store,
+                config,
+                days,
+                restart,
+                rows,
+                settled_before(config, first_day, days[-1]),
             )
             for name in config.destination_names(destinations)
         ]
@@ -168,6 +175,7 @@ def _plan_destination(
     days: list[date],
     restart: bool,
     rows: bool | None,
+    settled: date | None,
 ) -> DestinationPlan:
     vendor = target.vendor
     plan = DestinationPlan(target.name, target.config.vendor, target.rate)
@@ -186,6 +194,7 @@ def _plan_destination(
         checkpoints,
         restart=restart,
         leases=store.leases if store is not None else None,
+        settled_before=settled,
     )
     plan.partitions = [PartitionPlan.of(t) for t in tasks]
     if not plan.refused:  # a run that would refuse a partition sends nothing here

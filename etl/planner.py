@@ -2,7 +2,10 @@
 all read :func:`plan_partitions`.
 
 The rules: every day of the range (from its start again with ``restart``); the complete days
-of the lookback before the range whose count changed since (late rows); the undated rows. A
+of the lookback before the range whose count changed since (late rows); the undated rows. The
+complete days are counted in one query. A run without a range settles the complete days before
+the lookback of its last day without counting them: the scheduled run costs its days, not the
+history (late rows older than ``late_rows.lookback_days`` are not looked for). A
 partition is read as new, resumed after its cursor, re-checked, or skipped (complete and
 unchanged, or never to be sent). A partition that a run would refuse to touch says why
 (``refused``): a mapping that changed what its events hold since some of its rows were sent, or
@@ -25,14 +28,19 @@ from etl.statuses import Mode, PartitionStatus
 from etl.windows import UNDATED
 
 
-def plan_task(source: Source, day: date | None, cp: Checkpoint | None) -> PartitionTask:
-    """How a partition is read, from its checkpoint (and a count of its rows, if complete)."""
+def plan_task(
+    source: Source, day: date | None, cp: Checkpoint | None, count: int | None = None
+) -> PartitionTask:
+    """How a partition is read, from its checkpoint (and, if complete, ``count``: its rows
+    counted already, counted now when None)."""
     if cp is None:
         return PartitionTask(day, Mode.NEW)
     if cp.status == PartitionStatus.SKIPPED:
         return PartitionTask(day, Mode.SKIP, cp)
     if cp.status == PartitionStatus.COMPLETE:
-        if cp.log_purged_at is not None or source.count_partition(day) == cp.present:
+        if cp.log_purged_at is not None:
+            return PartitionTask(day, Mode.SKIP, cp)
+        if (source.count_partition(day) if count is None else count) == cp.present:
             return PartitionTask(day, Mode.SKIP, cp)
         return PartitionTask(day, Mode.RECHECK, cp)
     if cp.status in (PartitionStatus.RECHECKING, PartitionStatus.UNBALANCED):
@@ -49,13 +57,29 @@ def plan_partitions(
     *,
     restart: bool = False,
     leases: Leases | None = None,
+    settled_before: date | None = None,
 ) -> list[PartitionTask]:
     """Every partition a run of ``days`` (and the lookback days ``earlier``) goes through, in
-    the order it reads them, each counted once; refused ones carry the error the run raises."""
+    the order it reads them, each counted once; refused ones carry the error the run raises.
+    Complete days before ``settled_before`` are left alone without a count."""
     tasks: list[PartitionTask] = []
-    for day in earlier:  # only what was sent already, and changed since
+    complete = {
+        day: cp
+        for day in [*earlier, *([] if restart else days)]
+        if (cp := checkpoints.get(day.isoformat())) is not None
+        and cp.status == PartitionStatus.COMPLETE
+    }
+    settled = {d for d in complete if settled_before is not None and d < settled_before}
+    counts = source.count_days([d for d, cp in complete.items() if _counted(d, cp, settled)])
+
+    def task_of(day: date) -> PartitionTask:
         cp = checkpoints.get(day.isoformat())
-        task = plan_task(source, day, cp) if cp is not None else None
+        if day in settled:
+            return PartitionTask(day, Mode.SKIP, cp)
+        return plan_task(source, day, cp, counts.get(day))
+
+    for day in earlier:  # only what was sent already, and changed since
+        task = task_of(day) if day.isoformat() in checkpoints else None
         if task is not None and task.mode is Mode.RECHECK:
             task.beside_range = True
             tasks.append(task)
@@ -63,7 +87,7 @@ def plan_partitions(
         if restart:
             tasks.append(PartitionTask(day, Mode.NEW, restart=True))
         else:
-            tasks.append(plan_task(source, day, checkpoints.get(day.isoformat())))
+            tasks.append(task_of(day))
     undated = plan_task(source, None, checkpoints.get(UNDATED))
     undated.beside_range = True
     tasks.append(undated)
@@ -95,6 +119,10 @@ def _judge(target: Destination, task: PartitionTask, leases: dict[str, LeaseHeld
         task.note = f"{target.name}: {held}: left to that run"
     else:
         task.refused = held
+
+
+def _counted(day: date, cp: Checkpoint, settled: set[date]) -> bool:
+    return day not in settled and cp.log_purged_at is None
 
 
 def mapping_changed(destination: str, cp: Checkpoint, changed: list[str]) -> MappingChangedError:

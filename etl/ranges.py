@@ -49,6 +49,15 @@ def lookback_days(config: PipelineConfig, first: date) -> list[date]:
     return days_between(earliest, first - timedelta(days=1)) if earliest < first else []
 
 
+def settled_before(config: PipelineConfig, first_day: date | None, last: date) -> date | None:
+    """A run without a range (``first_day`` None: from start_date) re-checks the complete days
+    of late_rows.lookback_days before its last day and settles the older ones without counting
+    them; a run given a range re-checks every complete day of it (None)."""
+    if first_day is not None:
+        return None
+    return last - timedelta(days=config.late_rows.lookback_days)
+
+
 def skip_too_old(
     target: Destination, source: Source, days: list[date], store: StateStore | None
 ) -> tuple[list[date], str | None, int]:

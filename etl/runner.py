@@ -21,7 +21,7 @@ from etl.destination import resolve_destination
 from etl.destination_run import DestinationRun
 from etl.interpreter import tuned_interpreter
 from etl.loader import check_credentials, resolve_credentials
-from etl.ranges import lookback_days, partition_days
+from etl.ranges import lookback_days, partition_days, settled_before
 from etl.reports import RunReport
 from etl.run_context import Closed, Log, RunContext, RunOptions
 from etl.timing import REAL_TIME, Timing
@@ -48,9 +48,10 @@ def run_backfill(
 
     Partitions are UTC days from ``first_day`` (default: the pipeline's start_date) to
     ``last_day`` inclusive (default: yesterday), the complete days of late_rows.lookback_days
-    before it, and the undated rows; ``options`` say how (restart, dry run, progress, ...). A
-    destination whose credential is refused, whose URL is
-    not the vendor's API, or whose retries run out stops; the others go on. ``credentials``
+    before it, and the undated rows (without ``first_day``, the complete days before the
+    lookback of the last day are left alone uncounted); ``options`` say how (restart, dry run,
+    progress, ...). A destination whose credential is refused, whose URL is not the vendor's
+    API, or whose retries run out stops; the others go on. ``credentials``
     (destination -> key -> secret) replaces reading them from the environment, for callers that
     hold them already (Dagster resources). Setting ``stop`` stops the run gracefully: nothing
     more is sent, the answers still out are awaited a moment and committed. ``log`` hears what
@@ -75,9 +76,10 @@ def run_backfill(
         # counted while the run sends: one pass over the table, mostly in the database
         outside = in_background(_outside, run, days[-1])
         earlier = lookback_days(config, days[0]) if options.lookback else []
+        settled = settled_before(config, first_day, days[-1])
         try:
             reports = [
-                DestinationRun(run, d, credentials.get(d.name, {})).send(days, earlier)
+                DestinationRun(run, d, credentials.get(d.name, {})).send(days, earlier, settled)
                 for d in resolved
             ]
         finally:

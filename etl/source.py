@@ -168,6 +168,11 @@ class Source:
                     counts[day].append((tuple(row[1:-1]), int(row[-1])))
         return counts
 
+    def count_days(self, days: list[date]) -> dict[date, int]:
+        """The rows of each of these days (one query where the warehouse can say a row's day;
+        over the span from the first day to the last)."""
+        return {d: sum(n for _, n in groups) for d, groups in self.count_by_day(days, []).items()}
+
     def _grouped(
         self, where: sa.ColumnElement[bool], by: Sequence[sa.ColumnElement[Any]]
     ) -> sa.Select[Any]:

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from etl.events import event_id_for
 from etl.loader import load_pipeline
+from etl.plan import plan_backfill
 from etl.replay import replay_dead_letters
 from etl.runner import run_backfill
 from etl.sandbox import start_sandbox
+from etl.statuses import Mode
 from tests.conftest import DESTINATION, FAST, Warehouse, warehouse_of
 from tests.integration.scenario import (
     RECENT_END,
@@ -232,3 +235,40 @@ def test_a_replay_killed_midway_is_resumed(tmp_path):
             assert len(expected_payloads(path)) > 0
     finally:
         server.stop()
+
+
+def test_a_run_without_a_range_settles_the_days_before_its_lookback(
+    tmp_path, warehouse, sandbox, clock
+):
+    """The scheduled run (no range: start_date to yesterday) re-checks the complete days of
+    the lookback before its last day and leaves the older ones alone without counting them, as
+    `etl plan` says; a run given a range re-checks every complete day of it."""
+    path = setup(tmp_path, warehouse, sandbox, rows=400, end=RECENT_END)
+    doc = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**doc, "late_rows": {"lookback_days": 1}}, sort_keys=False))
+    config = load_pipeline(path)
+    days = [config.start_date + timedelta(days=n) for n in range(4)]  # the last is yesterday
+    assert run_backfill(config, timing=clock.timing()).ok
+    old, recent = str(days[0]), str(days[2])  # before the lookback of yesterday; inside it
+    late_old = insert_late(warehouse, delivered_rows(path, warehouse, old, 2), old, 900_001)
+    late_recent = insert_late(
+        warehouse, delivered_rows(path, warehouse, recent, 2), recent, 900_101
+    )
+
+    [plan] = plan_backfill(load_pipeline(path)).destinations
+    modes = {p.partition: p.mode for p in plan.partitions}
+    assert (modes[old], modes[recent]) == (Mode.SKIP, Mode.RECHECK)
+    before = len(sandbox.sandbox.records["fuul"])
+    assert run_backfill(load_pipeline(path), timing=clock.timing()).ok
+    sent = {e["dedup_id"] for e in new_records(sandbox, "fuul", before)}
+    assert sent == {event_id_for(DESTINATION, k) for k in late_recent}
+
+    before = len(sandbox.sandbox.records["fuul"])
+    report = run_backfill(
+        load_pipeline(path), first_day=days[0], last_day=days[-1], timing=clock.timing()
+    )
+    assert report.ok
+    sent = {e["dedup_id"] for e in new_records(sandbox, "fuul", before)}
+    assert sent == {event_id_for(DESTINATION, k) for k in late_old}
+    cps = {cp.partition: cp for cp in store_of(path).checkpoints_of(DESTINATION)}
+    assert all(cps[str(d)].balanced and cps[str(d)].status == "complete" for d in days)
