@@ -132,11 +132,13 @@ class DestinationRun:
             if d.isoformat() in checkpoints and d.isoformat() not in going
         }
         self.queue.extend(t for t in tasks if t.mode is not Mode.SKIP)
-        self._start_reading(days, checkpoints)
+        self._start_reading([t.day for t in self.queue if t.day is not None], checkpoints)
 
     def _start_reading(self, days: list[date], checkpoints: dict[str, Checkpoint]) -> None:
+        """The reader and the progress bar, for the rows of the days the run reads (not of
+        the whole range: a daily run reads a few days of years)."""
         run, name = self.run, self.name
-        remaining = run.source.count(days[0], days[-1]) if days else 0
+        remaining = run.source.count_spans(days)
         if not run.options.restart:
             read = (checkpoints.get(d.isoformat()) for d in days)
             remaining -= sum(cp.rows_read for cp in read if cp is not None)

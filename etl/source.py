@@ -134,6 +134,16 @@ class Source:
         """Rows of the UTC days first_day..last_day."""
         return self._count(self.windows.days(first_day, last_day))
 
+    def count_spans(self, days: list[date]) -> int:
+        """Rows of these UTC days: a count per run of consecutive days."""
+        total, ordered = 0, sorted(set(days))
+        start = 0
+        for i, day in enumerate(ordered):
+            if i + 1 == len(ordered) or ordered[i + 1] != day + timedelta(days=1):
+                total += self.count(ordered[start], day)
+                start = i + 1
+        return total
+
     def count_partition(self, day: date | None) -> int:
         return self._count(self.partition(day))
 

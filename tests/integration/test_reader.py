@@ -190,3 +190,16 @@ def test_a_child_that_dies_in_the_middle_of_a_day(tmp_path, fast_sandbox):
                 list(chunks)
         finally:
             reader.close()
+
+
+def test_the_days_a_run_reads_are_counted_as_each_day(config):
+    """A run sizes its reading (a reader process or not, the progress bar) by the rows of the
+    days it reads, counted a run of consecutive days at a time; grouped by day they agree."""
+    source = Source(config)
+    days = [FIRST + timedelta(days=n) for n in range(4)]
+    each = {day: source.count_partition(day) for day in days}
+    assert all(each.values())
+    for chosen in (days, [days[0], days[2], days[3]], [days[1]], []):
+        assert source.count_spans(chosen) == sum(each[d] for d in chosen)
+    assert source.count_days(days) == each
+    source.engine.dispose()
