@@ -193,6 +193,12 @@ class Source:
         """Rows outside the partitions start_date..last_day, by kind: counted one by one (an
         index on the column serves the ranges), or in one pass over the table when no kind is
         a range (text of mixed forms)."""
+        return self.census(last_day, with_range=False)[1]
+
+    def census(self, last_day: date, with_range: bool = True) -> tuple[int, Outside]:
+        """The rows of the partitions start_date..last_day (0 unless ``with_range``), and those
+        outside them by kind, as :meth:`outside` counts them: where no kind is a range, all in
+        one pass over the table."""
         w = self.windows
         kinds = [
             w.undated() & sa.not_(w.unreadable()),
@@ -201,15 +207,18 @@ class Source:
             w.after(last_day),
         ]
         if w.ranges:
-            return Outside(*(self._count(kind) for kind in kinds))
+            inside = self.count(self.start_date, last_day) if with_range else 0
+            return inside, Outside(*(self._count(kind) for kind in kinds))
 
         def rows(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
             return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
 
+        if with_range:
+            kinds.append(w.days(self.start_date, last_day))
         stmt = sa.select(*(rows(kind) for kind in kinds)).select_from(self.from_)
         with self.engine.connect() as conn:
-            values = conn.execute(stmt).one()
-        return Outside(*(int(v) for v in values))
+            values = [int(v) for v in conn.execute(stmt).one()]
+        return (values[4] if with_range else 0), Outside(*values[:4])
 
     # -- reading -------------------------------------------------------------------------------
 

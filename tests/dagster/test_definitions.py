@@ -337,3 +337,28 @@ def test_an_interrupted_run_still_reports_the_days_it_completed(
     days = [(FIRST + timedelta(days=i)).isoformat() for i in range(4)]
     done = sorted(m.partition for m in result.asset_materializations_for_node("fuul_rewards"))
     assert done == days
+
+
+def test_the_source_observation_counts_the_history_and_the_rows_outside_it(pipeline: Path):
+    from dagster_project.factory import OBSERVE_JOB
+    from etl.ranges import yesterday
+    from etl.source import Source
+
+    config = load_pipeline(pipeline)
+    result = build_definitions(config).resolve_job_def(OBSERVE_JOB).execute_in_process()
+    assert result.success
+    [observation] = [
+        e.asset_observation_data.asset_observation
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    meta = {k: v.value for k, v in observation.metadata.items()}
+    source = Source(config)
+    try:
+        rows = source.count(config.start_date, yesterday())
+        outside = source.outside(yesterday())
+    finally:
+        source.engine.dispose()
+    assert meta["row_count"] == rows == 800
+    assert meta["after_yesterday"] == outside.after_range
+    assert meta["without_timestamp"] == outside.no_timestamp

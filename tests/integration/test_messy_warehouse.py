@@ -17,6 +17,7 @@ from etl.events import event_id_for
 from etl.loader import load_pipeline
 from etl.plan import plan_backfill
 from etl.runner import run_backfill
+from etl.source import Source
 from etl.statuses import Mode
 from tests.conftest import DESTINATION, POSTGRES_URL, Warehouse, require_postgres, warehouse_of
 from tests.integration import messy
@@ -131,6 +132,25 @@ def test_a_plan_counted_in_the_warehouse_agrees_with_one_read_row_by_row(
             assert c.to_send == m.to_send + sum(m.rejected.values()), m.partition
     assert counted.total("rows") == mapped.total("rows") > 0
     assert sandbox.sandbox.stats == {}
+
+
+def test_the_census_counts_the_range_and_every_row_outside_it(tmp_path, any_warehouse, sandbox):
+    """What the Dagster observation reports: the range's rows and those outside it by kind (on
+    a text column, in one pass over the table)."""
+    rows = messy.messy_rows()
+    messy.create_messy_table(any_warehouse, rows)
+    source = Source(load_pipeline(pipeline(tmp_path, any_warehouse, sandbox.url)))
+    try:
+        inside, outside = source.census(messy.LAST)
+        assert outside == source.outside(messy.LAST)
+        assert inside == source.count(messy.START, messy.LAST)
+    finally:
+        source.engine.dispose()
+    expected = messy.rows_per_day(rows)
+    first, last = messy.START.isoformat(), messy.LAST.isoformat()
+    assert inside == sum(n for d, n in expected.items() if d is not None and first <= d <= last)
+    assert (outside.no_timestamp, outside.unreadable) == (messy.NULLS, len(messy.GARBAGE))
+    assert (outside.before_start, outside.after_range) == (messy.BEFORE, messy.AFTER)
 
 
 def test_plan_run_and_status_count_the_rows_outside_every_day(tmp_path, sandbox, clock):
