@@ -63,6 +63,19 @@ def text_sorts_bytewise(engine: Engine, collation: str | None = None) -> bool:
     return collation.lower() in _BYTEWISE
 
 
+_RELAXED = sa.text("SET LOCAL synchronous_commit TO off")
+
+
+def relax_commit(conn: sa.Connection) -> None:
+    """This transaction's commit returns before PostgreSQL has flushed it to disk (elsewhere:
+    nothing changes). Only for state whose loss in a crash of the server equals a kill of the
+    run just before it: a later durable commit flushes it too, in order (the log is one
+    sequence), so it holds whenever anything sent after it holds. A write that must be on disk
+    before a request leaves is never relaxed."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_RELAXED)
+
+
 def _sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     """WAL: readers and one writer at once (parallel runs), commits without a full fsync each
     (still safe when the process is killed), and a wait instead of 'database is locked'. And

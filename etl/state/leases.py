@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from etl.database import relax_commit
 from etl.errors import LeaseHeldError
 from etl.state.ledger import now
 
@@ -107,6 +108,7 @@ class Leases:
         key = self._key(destination, partition)
         t = self.table.c
         with self.engine.begin() as conn:
+            relax_commit(conn)  # lost with the server, it is a lease of a run that died with it
             row = conn.execute(sa.select(self.table).where(*key)).mappings().first()
             if row is None:
                 insert = sa.insert(self.table).values(
@@ -170,6 +172,7 @@ class Leases:
     def release(self, destination: str, partition: str) -> None:
         t = self.table.c
         with self.engine.begin() as conn:
+            relax_commit(conn)
             conn.execute(
                 sa.delete(self.table).where(
                     *self._key(destination, partition), t.holder == self.holder
