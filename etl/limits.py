@@ -97,8 +97,13 @@ class RateLimit(_Model):
     @property
     def spacing(self) -> float:
         """For a strict vendor (a token bucket that banks nothing), the seconds between two
-        requests as they really leave: the interval with its margin, plus the jitter. 0
-        otherwise."""
-        if not self.strict:
-            return 0.0
-        return self.per_seconds / self.requests / (1 - self.share) + self.jitter
+        requests as they really leave: :attr:`strict_spacing`. 0 otherwise."""
+        return self.strict_spacing if self.strict else 0.0
+
+    @property
+    def strict_spacing(self) -> float:
+        """The seconds between two requests as they really leave that a bucket banking nothing
+        accepts: the interval with its margin, plus the jitter (a strict limit's, whatever
+        this one's is: the spacing is of one request at a time)."""
+        jitter = self.jitter if self.strict else JITTER_MS / 1000
+        return self.per_seconds / self.requests / (1 - self.share) + jitter

@@ -11,7 +11,9 @@ oldest of them is a window old: a request that left late (a thread woken late, a
 interpreter) can then never pack one request too many into the vendor's window, whatever the
 margin. Against a bucket that banks nothing (burst 1), it also keeps two requests at least
 ``spacing`` apart as they really leave: after a late one, the next is not sent on its own
-schedule, which would put the two closer than the vendor's interval.
+schedule, which would put the two closer than the vendor's interval. A vendor that refuses a
+request sent at the configured pace counts with such a bucket whatever it was configured as:
+:meth:`TokenBucket.tighten` then spaces every later request so, for every thread sending there.
 """
 
 from __future__ import annotations
@@ -87,6 +89,16 @@ class TokenBucket:
                 first = self._left == float("-inf")
                 self._left = self._clock() + (self._spacing if first else 0.0)
         return waited
+
+    def tighten(self, spacing: float) -> bool:
+        """Space requests at least ``spacing`` apart as they really leave, with no burst, from
+        now on (after a refusal at the configured pace); False if they were already."""
+        with self._lock, self._sent_lock:
+            if self._spacing >= spacing and self.tolerance == 0:
+                return False
+            self._spacing = max(self._spacing, spacing)
+            self.tolerance = 0.0
+            return True
 
     def pause(self, seconds: float) -> None:
         """Push every later slot back, after the vendor said to wait (429 with Retry-After)."""

@@ -108,7 +108,7 @@ class Sender:
             "User-Agent": USER_AGENT,
             **self.vendor.headers(credentials),
         }
-        rate = target.rate
+        rate = self.rate = target.rate
         self.bucket = (buckets or BucketRegistry()).get(
             self.url,
             credential_string(credentials),
@@ -308,6 +308,14 @@ class Sender:
             self.bucket.pause(delay)  # every thread sending here waits, not just this one
             if self.shared is not None:
                 self.shared.pause(delay)
+            if self.bucket.tighten(self.rate.strict_spacing):
+                log.warning(
+                    "%s: refused (429) at the configured pace: from now on its requests leave "
+                    "one at a time, %.0f ms apart, as a vendor bucket that banks nothing needs "
+                    "(set rate_limit.strict: true to start so)",
+                    self.destination,
+                    self.rate.strict_spacing * 1000,
+                )
         result.retries += 1
         log.warning(
             "%s: attempt %d failed (%s); retrying in %.2fs",

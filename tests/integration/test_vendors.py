@@ -41,12 +41,14 @@ def test_backfill_delivers_every_valid_row(tmp_path, warehouse, sandbox, clock, 
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_429s_are_honoured(tmp_path, warehouse, sandbox, clock, vendor):
+def test_429s_are_honoured(tmp_path, warehouse, sandbox, clock, vendor, caplog):
     path = setup(
         tmp_path, warehouse, sandbox, rows=1500, vendor=vendor, end=RECENT_END, **TOO_FAST[vendor]
     )
     report = run(path, clock)
     assert report.ok
+    # the first refusal at the configured pace spaces the rest one at a time, and says so
+    assert caplog.text.count("refused (429) at the configured pace") == 1
     assert report.destinations[0].total("throttled") > 0
     assert sandbox.sandbox.stats[vendor]["throttled"] == report.destinations[0].total("throttled")
     assert assert_delivered(path, sandbox, vendor) == (0, 0)  # a 429 stores nothing

@@ -175,6 +175,31 @@ def test_a_strict_bucket_keeps_requests_a_spacing_apart_as_they_leave():
             assert left[-1] - left[0] < unguarded * 1.25  # its price: the spacing, not more
 
 
+def test_a_refusal_tightens_a_windowed_bucket_into_a_strict_one():
+    """A bucket paced by windows lets a burst leave (and requests after a late one leave close
+    behind it); once tightened after a 429, every request leaves a spacing after the one before,
+    from every thread, and tightening again changes nothing."""
+    from etl.config import RateLimit
+
+    limit = RateLimit(requests=20, per_seconds=1, burst=5)
+    clock = FakeClock()
+    bucket = TokenBucket(limit.per_second, limit.burst, clock, clock.sleep, limit.guard_window)
+    left = []
+    for _ in range(5):
+        bucket.acquire()
+        left.append(clock())
+    assert left[-1] == pytest.approx(left[0])  # the burst left at once
+    assert bucket.tighten(limit.strict_spacing)
+    assert not bucket.tighten(limit.strict_spacing)
+    left = []
+    for _ in range(30):
+        bucket.acquire()
+        left.append(clock())
+    gaps = [b - a for a, b in itertools.pairwise(left)]
+    assert min(gaps) >= limit.strict_spacing - 1e-9
+    assert limit.strict_spacing == pytest.approx(0.05 + 0.002)  # a strict limit's jitter
+
+
 def test_spacing_is_for_strict_limits_only():
     from etl.config import RateLimit
 
