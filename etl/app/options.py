@@ -35,6 +35,7 @@ BENCH_PARTS = (
     "strict",
     "overhead",
     "dagster",
+    "scale",
 )
 
 DAY = click.DateTime(["%Y-%m-%d"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -36,6 +37,12 @@ from etl.app.output import print_summary
     "--lose-rate", default=0.0, help="Fraction of accepted requests whose response is lost."
 )
 @click.option("--latency-ms", default=0.0, help="Added latency per request.")
+@click.option(
+    "--keep-nothing",
+    is_flag=True,
+    help="Count accepted events without keeping them (long benchmarks: ten million events "
+    "kept take 9 GB; /_sandbox/records then stays empty).",
+)
 def sandbox(
     host: str,
     port: int,
@@ -46,6 +53,7 @@ def sandbox(
     error_rate: float,
     lose_rate: float,
     latency_ms: float,
+    keep_nothing: bool,
 ) -> None:
     """Serve the sandbox vendors on loopback until interrupted."""
     from etl.sandbox import Sandbox, SandboxServer  # not imported by the other commands
@@ -57,6 +65,7 @@ def sandbox(
         fuul_triggers=triggers,
         torque_events=_parse_torque_events(torque_events) if torque_events else None,
         freeze_records=True,
+        keep_events=not keep_nothing,
     )
     for vendor in box.emulators:
         box.set_faults(vendor, error_rate=error_rate, lose_rate=lose_rate, latency_ms=latency_ms)
@@ -133,7 +142,15 @@ def ui(directory: Path, config_path: Path | None, host: str, port: int, sandbox_
 
 @click.command()
 @click.option(
-    "--rows", default=1_000_000, show_default=True, help="Rows in the generated warehouse."
+    "--rows",
+    type=int,
+    help="Rows in the generated warehouse (default: 1,000,000; the scale part 10,000,000).",
+)
+@click.option(
+    "--warehouse",
+    metavar="URL",
+    help="A PostgreSQL or DuckDB warehouse for the scale part (it alone runs, unless --only "
+    "says more): rows generated in a scratch schema, dropped afterwards.",
 )
 @click.option(
     "--json",
@@ -148,12 +165,34 @@ def ui(directory: Path, config_path: Path | None, host: str, port: int, sandbox_
     multiple=True,
     help="Run only this measurement (repeatable; default: all).",
 )
-def bench(rows: int, json_path: Path | None, port: int, only: tuple[str, ...]) -> None:
+def bench(
+    rows: int | None,
+    warehouse: str | None,
+    json_path: Path | None,
+    port: int,
+    only: tuple[str, ...],
+) -> None:
     """Measure throughput, memory, rate-limit efficiency and resume cost (several minutes)."""
     from etl.app.bench import run_bench
 
+    if not only:
+        only = ("scale",) if warehouse else tuple(p for p in BENCH_PARTS if p != "scale")
+    if "scale" in only and not warehouse:
+        raise click.UsageError(
+            "etl bench --only scale measures a real warehouse: give it with --warehouse URL "
+            "(postgresql+psycopg://... or duckdb:///...)"
+        )
     say = lambda m: click.echo(m, err=True)  # noqa: E731
-    results = run_bench(rows, say=say, port=port, only=only or BENCH_PARTS)
+    results: dict[str, Any] = {"targets_met": {}}
+    rest = tuple(p for p in only if p != "scale")
+    if rest:
+        results = run_bench(rows or 1_000_000, say=say, port=port, only=rest)
+    if warehouse and "scale" in only:
+        from etl.app.bench_scale import SCALE_ROWS, run_scale
+
+        scale = run_scale(warehouse, rows or SCALE_ROWS, say, port)
+        met = {**results.pop("targets_met"), **scale.pop("targets_met")}
+        results = {**results, **scale, "targets_met": met}
     width = max(len(k) for k in results)
     for key, value in results.items():
         if key != "targets_met":

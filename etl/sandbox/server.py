@@ -59,9 +59,11 @@ class Sandbox:
         fuul_triggers: set[str] | None = None,
         torque_events: dict[str, dict[str, str]] | None = None,
         freeze_records: bool = False,
+        keep_events: bool = True,
     ) -> None:
         self.time_scale = time_scale
         self.freeze_records = freeze_records
+        self.keep_events = keep_events  # False: accepted events are counted, not kept
         self.clock = clock
         self.random = random.Random(seed)
         self.lock = threading.Lock()
@@ -98,6 +100,9 @@ class Sandbox:
         return request
 
     def record(self, vendor: str, event: dict[str, Any]) -> None:
+        if not self.keep_events:
+            self.stats[vendor]["stored"] += 1
+            return
         request = getattr(self._current, "request", None)
         if request is not None:
             request.stored.append(len(self.records[vendor]))

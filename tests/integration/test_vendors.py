@@ -150,3 +150,19 @@ def test_a_sandbox_in_its_own_process_keeps_its_records_out_of_the_collector():
     finally:
         server.stop()
         gc.unfreeze()
+
+
+@pytest.mark.slow
+def test_a_sandbox_that_keeps_nothing_counts_what_it_accepts(tmp_path, warehouse, clock):
+    """`etl sandbox --keep-nothing` (the scale bench's ten million events would take 9 GB):
+    the events are accepted and counted, none kept."""
+    server = start_sandbox(clock=clock, keep_events=False)
+    try:
+        path = setup(tmp_path, warehouse, server, rows=600, vendor="thrivestack", end=RECENT_END)
+        report = run(path, clock)
+        assert report.ok
+        delivered = report.destinations[0].total("delivered")
+        assert server.sandbox.stats["thrivestack"]["stored"] == delivered > 0
+        assert server.sandbox.records["thrivestack"] == []
+    finally:
+        server.stop()
