@@ -138,7 +138,7 @@ class DestinationRun:
         """The reader and the progress bar, for the rows of the days the run reads (not of
         the whole range: a daily run reads a few days of years)."""
         run, name = self.run, self.name
-        remaining = run.source.count_spans(days)
+        remaining = run.source.count_spans(days, estimate=True)
         if not run.options.restart:
             read = (checkpoints.get(d.isoformat()) for d in days)
             remaining -= sum(cp.rows_read for cp in read if cp is not None)

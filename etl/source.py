@@ -65,6 +65,13 @@ class Source:
         self.from_ = self.windows.source(self.relation)
         # the raw value as it is read and compared in keyset order
         self.ts_col: sa.ColumnElement[Any] = binary_text(ts, bytewise) if stored_as_text else ts
+        # ... and as a day's rows are ordered: where a day is several ranges of the column
+        # (mixed text), in the same order but by an expression no index gives, so that
+        # PostgreSQL reads the day's ranges and sorts them (9 ms a day of 10,000 rows), rather
+        # than walk the whole index in order until a page is full (1.7 s at 10,000,000 rows)
+        self.order_col = self.ts_col
+        if not self.windows.ranges and dialect == "postgresql":
+            self.order_col = sa.collate(sa.type_coerce(ts, sa.String()) + "", "C")
 
     def _check_columns(self, config: PipelineConfig) -> None:
         """The key and timestamp columns, then every destination's, exist; the error names the
@@ -134,13 +141,15 @@ class Source:
         """Rows of the UTC days first_day..last_day."""
         return self._count(self.windows.days(first_day, last_day))
 
-    def count_spans(self, days: list[date]) -> int:
-        """Rows of these UTC days: a count per run of consecutive days."""
+    def count_spans(self, days: list[date], estimate: bool = False) -> int:
+        """Rows of these UTC days: a count per run of consecutive days; an ``estimate`` may
+        count a few rows beside them where that is cheaper (mixed text: nothing parsed)."""
         total, ordered = 0, sorted(set(days))
         start = 0
         for i, day in enumerate(ordered):
             if i + 1 == len(ordered) or ordered[i + 1] != day + timedelta(days=1):
-                total += self.count(ordered[start], day)
+                window = self.windows.about if estimate else self.windows.days
+                total += self._count(window(ordered[start], day))
                 start = i + 1
         return total
 
@@ -230,7 +239,7 @@ class Source:
         rows as sequences of values (the engine maps a column at a time: a dict per row would
         cost a microsecond it does not need)."""
         undated = day is None
-        order = [self.key_col] if undated else [self.ts_col, self.key_col]
+        order = [self.key_col] if undated else [self.order_col, self.key_col]
         base = (
             sa.select(*self._columns(columns))
             .select_from(self.from_)

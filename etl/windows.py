@@ -86,6 +86,11 @@ class Windows:
         lo, hi = day_bounds(first)[0], day_bounds(last)[1]
         return sa.and_(self.column >= self.bound(lo), self.column < self.bound(hi))
 
+    def about(self, first: date, last: date) -> sa.ColumnElement[bool]:
+        """Rows of the UTC days first..last, and perhaps a few beside them: what a size is
+        estimated by (the days themselves unless that costs more)."""
+        return self.days(first, last)
+
     def undated(self) -> sa.ColumnElement[bool]:
         return self.column.is_(None)
 
@@ -222,6 +227,9 @@ class MixedTextWindows(Windows):
 
     def days(self, first: date, last: date) -> sa.ColumnElement[bool]:
         return sa.and_(self._candidates(first, last), super().days(first, last))
+
+    def about(self, first: date, last: date) -> sa.ColumnElement[bool]:
+        return self._candidates(first, last)  # text compared, nothing parsed
 
     def undated(self) -> sa.ColumnElement[bool]:
         return self.column.is_(None)

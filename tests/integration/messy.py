@@ -65,6 +65,10 @@ def messy_rows(rows: int = 600, seed: int = 3) -> list[dict[str, Any]]:
     return out
 
 
+def days() -> list[date]:
+    return [START + timedelta(days=n) for n in range(DAYS)]
+
+
 def expected_day(value: str | None) -> str | None:
     """The UTC day a row belongs to, by the grammar; None: undated."""
     micros = text_to_epoch_us(value, "UTC")

@@ -144,6 +144,10 @@ def test_the_census_counts_the_range_and_every_row_outside_it(tmp_path, any_ware
         inside, outside = source.census(messy.LAST)
         assert outside == source.outside(messy.LAST)
         assert inside == source.count(messy.START, messy.LAST)
+        # what a run sizes its reading by: a few rows beside the days, parsing nothing
+        estimate = source.count_spans([messy.START, messy.LAST], estimate=True)
+        assert inside <= source.count_spans(messy.days(), estimate=True) <= len(rows)
+        assert estimate <= source.count_spans(messy.days(), estimate=True)
     finally:
         source.engine.dispose()
     expected = messy.rows_per_day(rows)
