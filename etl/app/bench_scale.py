@@ -55,11 +55,12 @@ TARGETS = {
 def _columns(dialect: str, g: Any, rows: int, start: datetime, span_s: int) -> list[Any]:
     """The generated columns of row number ``g`` (1..rows): in time order over the span, with
     a few minutes of disorder, as rows appended over time are."""
-    seconds = (
+    seconds = sa.cast(  # whole seconds (DuckDB's / divides as floats)
         int(start.timestamp())
         + (g - 1) * span_s // rows
         + (g * 7919) % 600
-        - sa.literal(300, sa.BigInteger)
+        - sa.literal(300, sa.BigInteger),
+        sa.BigInteger,
     )
     instant = sa.func.to_timestamp(seconds)
     text = _mixed_text(dialect, g, seconds)

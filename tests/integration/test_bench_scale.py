@@ -1,6 +1,7 @@
 """`etl bench --warehouse`: the rows it generates in PostgreSQL hold the same instants in the
 timestamp column and in the mixed text column, which the product reads as the same days (so
-that the two backfills it compares do the same work); the scale part needs a warehouse."""
+that the two backfills it compares do the same work), in PostgreSQL and DuckDB; the scale part
+needs a warehouse."""
 
 from __future__ import annotations
 
@@ -14,12 +15,21 @@ from etl.app.bench_scale import actions, generate, pipeline_file
 from etl.app.cli import cli
 from etl.loader import load_pipeline
 from etl.source import Source
+from tests.conftest import Warehouse, warehouse_of
 
-pytestmark = pytest.mark.postgres
+
+@pytest.fixture(params=[pytest.param("postgresql", marks=pytest.mark.postgres), "duckdb"])
+def scratch(request, tmp_path):
+    """A warehouse and a schema in it, as `etl bench --warehouse` makes one."""
+    if request.param == "duckdb":
+        yield Warehouse("duckdb", f"duckdb:///{tmp_path / 'scale.duckdb'}", "etl_bench_t")
+        return
+    with warehouse_of("postgresql", tmp_path) as warehouse:
+        yield warehouse
 
 
-@pytest.mark.parametrize("warehouse", ["postgresql"], indirect=True)
-def test_the_text_column_holds_the_timestamp_columns_days(tmp_path, warehouse):
+def test_the_text_column_holds_the_timestamp_columns_days(tmp_path, scratch):
+    warehouse = scratch
     engine = warehouse.engine()
     with engine.begin() as conn:
         conn.execute(sa.schema.CreateSchema(warehouse.schema))
@@ -35,7 +45,7 @@ def test_the_text_column_holds_the_timestamp_columns_days(tmp_path, warehouse):
                 sa.func.count().filter(sa.func.length(table.c.occurred_text) == 13),
             )
         ).one()
-    engine.dispose()
+    engine.dispose()  # a DuckDB file admits one engine at a time
     assert list(forms) == [1250] * 4  # ISO in UTC, ISO at +02:00, epoch s, epoch ms
     first = end - timedelta(days=40)
     days = [first + timedelta(days=n) for n in range(40)]
