@@ -116,3 +116,44 @@ def test_a_text_day_parses_each_row_once(tmp_path, warehouse):
     source.engine.dispose()
     assert any("Subquery Scan on etl_ts" in line for line in plan), plan
     assert sum(line.count("regexp_match") for line in plan) <= 2, plan
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("warehouse", ["postgresql"], indirect=True)
+def test_a_text_day_is_parsed_once_whatever_its_pages(tmp_path, warehouse):
+    """A page of a mixed text day would parse and sort the whole day again: the day is one
+    query, streamed in pages of chunk_size rows, in (timestamp, key) order."""
+    engine = warehouse.engine()
+    table = sa.Table(
+        "user_actions",
+        sa.MetaData(schema=warehouse.schema),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("occurred_at", sa.Text),
+        sa.Column("user_id", sa.Text),
+        sa.Column("action", sa.Text),
+    )
+    values = [f"2024-03-02T{h:02d}:{m:02d}:00Z" for h in range(5) for m in (0, 30)]
+    values += [str(1709337600 + 3600 * h + 60) for h in range(10)]  # epoch seconds that day
+    with engine.begin() as conn:
+        conn.execute(sa.schema.CreateSchema(warehouse.schema, if_not_exists=True))
+        table.create(conn)
+        rows = [
+            {"id": i, "occurred_at": v, "user_id": "u", "action": "a"} for i, v in enumerate(values)
+        ]
+        conn.execute(sa.insert(table), rows)
+    engine.dispose()
+    path = write_pipeline(
+        tmp_path / "p.yaml", warehouse, "http://127.0.0.1:9", "2024-03-01", MAPPING,
+        {"timestamp_type": "text", "chunk_size": 7},
+    )  # fmt: skip
+    source = Source(load_pipeline(path))
+    selects: list[str] = []
+    sa.event.listen(
+        source.engine, "before_cursor_execute", lambda c, cur, stmt, *a: selects.append(stmt)
+    )
+    pages = list(source.read_tuples(DAY, ["user_id"]))
+    source.engine.dispose()
+    assert [len(rows) for _, rows in pages] == [7, 7, 6]
+    assert len([s for s in selects if s.lstrip().upper().startswith("SELECT")]) == 1
+    read = [tuple(r[:2]) for _, rows in pages for r in rows]
+    assert read == sorted(read) and len(set(read)) == 20
