@@ -70,7 +70,9 @@ def plan_partitions(
         and cp.status == PartitionStatus.COMPLETE
     }
     settled = {d for d in complete if settled_before is not None and d < settled_before}
-    counts = source.count_days([d for d, cp in complete.items() if _counted(d, cp, settled)])
+    counts = source.count_days(
+        [d for d, cp in complete.items() if d not in settled and cp.log_purged_at is None]
+    )
 
     def task_of(day: date) -> PartitionTask:
         cp = checkpoints.get(day.isoformat())
@@ -119,10 +121,6 @@ def _judge(target: Destination, task: PartitionTask, leases: dict[str, LeaseHeld
         task.note = f"{target.name}: {held}: left to that run"
     else:
         task.refused = held
-
-
-def _counted(day: date, cp: Checkpoint, settled: set[date]) -> bool:
-    return day not in settled and cp.log_purged_at is None
 
 
 def mapping_changed(destination: str, cp: Checkpoint, changed: list[str]) -> MappingChangedError:

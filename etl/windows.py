@@ -292,7 +292,7 @@ def _starts_with_a_date(column: sa.ColumnElement[Any], dialect: str) -> sa.Colum
 def _no_groups(pattern: str) -> str:
     """A pattern without capturing groups: PostgreSQL tests ``~`` with its fast automaton,
     where ``regexp_match`` with groups costs about 100 µs a value."""
-    return pattern.replace("(?:", "(").replace("(", "(?:").replace("(?:?:", "(?:")
+    return pattern.replace("(?:", "(").replace("(", "(?:")
 
 
 def _postgres_text_to_epoch_us(

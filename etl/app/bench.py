@@ -159,12 +159,21 @@ def write_pipeline(
     start: date,
     vendor: str,
     sandbox_url: str,
+    source: dict[str, Any] | None = None,
+    state: dict[str, Any] | None = None,
     **dest: Any,
 ) -> Path:
+    """A pipeline of one destination, ``bench``; ``source`` and ``state`` add to (or replace)
+    their keys, ``dest`` to the destination's."""
     doc = {
         "start_date": start.isoformat(),
-        "source": {"url": warehouse_url, "table": "user_actions", "chunk_size": 10_000},
-        "state": {"url": state_url},
+        "source": {
+            "url": warehouse_url,
+            "table": "user_actions",
+            "chunk_size": 10_000,
+            **(source or {}),
+        },
+        "state": {"url": state_url, **(state or {})},
         "destinations": {
             "bench": {
                 "vendor": vendor,

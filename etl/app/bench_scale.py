@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-import yaml
 from sqlalchemy.engine import Engine
 
+from etl.config import SourceConfig
 from etl.database import make_engine, safe_url
 from etl.sandbox import SANDBOX_CREDENTIALS
 
@@ -40,6 +40,7 @@ SCALE_ROWS = 10_000_000
 SCALE_DAYS = 1096  # three years
 OVERHEAD_DAYS = 1000
 INSERT_ROWS = 1_000_000  # rows an INSERT ... SELECT writes, between two progress lines
+CHUNK_SIZE = SourceConfig.model_fields["chunk_size"].default  # the default, as a user runs it
 TARGETS = {
     "text_ratio": 2.0,  # the text column's backfill against the timestamp column's
     "plan_vs_count": 1.5,  # etl plan against count(*), plus PLAN_SLACK seconds
@@ -164,27 +165,18 @@ def pipeline_file(
     prefix: str,
     text: bool = False,
 ) -> Path:
-    from etl.app.bench import CREDENTIALS, MAPPINGS, PATHS
+    """ThriveStack without a limit, the source's defaults but its table (or its text column),
+    the state tables beside the rows under ``prefix``."""
+    from etl.app.bench import write_pipeline
 
-    source: dict[str, Any] = {"url": url, "schema": schema, "table": str(table)}
+    source: dict[str, Any] = {"schema": schema, "table": str(table), "chunk_size": CHUNK_SIZE}
     if text:
         source.update(timestamp_column="occurred_text", timestamp_type="text")
-    doc = {
-        "start_date": start.isoformat(),
-        "source": source,
-        "state": {"url": url, "schema": schema, "table_prefix": prefix},
-        "destinations": {
-            "bench": {
-                "vendor": "thrivestack",
-                "base_url": sandbox_url + PATHS["thrivestack"],
-                "credentials": CREDENTIALS["thrivestack"],
-                "mapping": MAPPINGS["thrivestack"],
-                "rate_limit": {"requests": 1_000_000, "per_seconds": 1},
-            }
-        },
-    }
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    state = {"schema": schema, "table_prefix": prefix}
+    return write_pipeline(
+        path, url, url, start, "thrivestack", sandbox_url, source, state,
+        rate_limit={"requests": 1_000_000, "per_seconds": 1},
+    )  # fmt: skip
 
 
 def timed_command(*args: str) -> float:

@@ -177,6 +177,8 @@ def bench(
 
     if not only:
         only = ("scale",) if warehouse else tuple(p for p in BENCH_PARTS if p != "scale")
+    elif warehouse and "scale" not in only:  # --only names the other parts it runs too
+        only = (*only, "scale")
     if "scale" in only and not warehouse:
         raise click.UsageError(
             "etl bench --only scale measures a real warehouse: give it with --warehouse URL "
