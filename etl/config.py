@@ -212,6 +212,12 @@ class StateConfig(_Model):
         description="forget the per-row delivery log recorded more than this many days ago "
         "(default: keep it); late rows of the days it covered are then no longer sent",
     )
+    lease_seconds: float = Field(
+        default=60.0,
+        ge=5,
+        description="a run renews its partitions' leases every third of this; the lease of a "
+        "run that was killed (or whose host went down) passes this long after its last renewal",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -29,8 +29,10 @@ from sqlalchemy.exc import IntegrityError
 from etl.database import relax_commit
 from etl.errors import LeaseHeldError
 from etl.state.ledger import now
+from etl.timing import REAL_TIME, Timing
 
 TTL_SECONDS = 60.0
+WAIT_STEP = 2.0  # seconds between looks at a lease another run holds
 
 
 def _alive(pid: int) -> bool:
@@ -80,14 +82,38 @@ class Leases:
         self._stop = threading.Event()
         self._now = _database_clock(engine, clock)
 
-    def acquire(self, destination: str, partition: str) -> None:
-        """Take the partition's lease, or raise LeaseHeldError naming the run that holds it."""
-        for _ in range(3):  # a lost race to insert: look again
+    def acquire(
+        self,
+        destination: str,
+        partition: str,
+        wait: float = 0.0,
+        timing: Timing = REAL_TIME,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Take the partition's lease, or raise LeaseHeldError naming the run that holds it;
+        with ``wait``, look again every few seconds for that long first (the lease of a run that
+        was lost passes ``ttl`` after its last renewal)."""
+        deadline = timing.clock() + wait
+        while True:
+            try:
+                self._take_once(destination, partition)
+                break
+            except LeaseHeldError:
+                left = deadline - timing.clock()
+                if left <= 0 or (stop is not None and stop.is_set()):
+                    raise
+                timing.sleep(min(WAIT_STEP, left))
+        with self._lock:
+            self.held.add((destination, partition))
+
+    def _take_once(self, destination: str, partition: str) -> None:
+        for _ in range(2):  # a lost race to insert: look again
             try:
                 self._take(destination, partition)
-                break
+                return
             except IntegrityError:
                 continue
+        self._take(destination, partition)
         with self._lock:
             self.held.add((destination, partition))
 

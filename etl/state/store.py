@@ -20,7 +20,7 @@ from etl.errors import ConfigError, StateDatabaseError
 from etl.events import Batch, DeadLetter
 from etl.state.checkpoint import Checkpoint
 from etl.state.deliveries import DeliveryLog
-from etl.state.leases import Leases
+from etl.state.leases import TTL_SECONDS, Leases
 from etl.state.ledger import Acknowledged, Ledger, now, unknown_counts
 from etl.state.migrate import add_missing_columns, add_missing_indexes, missing_columns
 from etl.state.tables import ADVANCED, state_tables
@@ -32,7 +32,13 @@ MadeWith = tuple[str, str]  # what a partition's events are made with: fingerpri
 class StateStore:
     """Reads and writes the state tables of one pipeline."""
 
-    def __init__(self, engine: Engine, prefix: str = "etl_", schema: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        prefix: str = "etl_",
+        schema: str | None = None,
+        lease_seconds: float = TTL_SECONDS,
+    ) -> None:
         if schema and engine.dialect.name == "sqlite":
             raise ConfigError("state.schema: SQLite has no schemas; use state.table_prefix")
         self.engine = engine
@@ -47,7 +53,7 @@ class StateStore:
 
         self.log = DeliveryLog(engine, self.tables)
         self.ledger = Ledger(self.tables, self.log)
-        self.leases = Leases(engine, self.tables.leases)
+        self.leases = Leases(engine, self.tables.leases, ttl=lease_seconds)
 
     def ensure(self) -> None:
         """Create the schema and the tables where they are absent, and the columns and indexes
@@ -394,6 +400,8 @@ def open_store(config: PipelineConfig, engine: Engine | None = None) -> StateSto
     share it when the state lives in the source database."""
     if engine is None or config.state.url not in (None, config.source.url):
         engine = make_engine(config.state_url)
-    store = StateStore(engine, config.state.table_prefix, config.state.schema_name)
+    store = StateStore(
+        engine, config.state.table_prefix, config.state.schema_name, config.state.lease_seconds
+    )
     store.ensure()
     return store

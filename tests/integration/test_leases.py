@@ -14,6 +14,7 @@ from etl.errors import LeaseHeldError
 from etl.state import StateStore
 from etl.state.leases import Leases
 from tests.conftest import Warehouse
+from tests.fakes import FakeClock
 
 DESTINATION, DAY = "fuul_rewards", "2024-03-01"
 
@@ -97,3 +98,21 @@ def test_renewal_keeps_a_lease_until_it_stops(store):
     leases.close()  # gives back nothing it no longer holds
     assert leases.held_elsewhere(DESTINATION, DAY) is not None
     other.close()
+
+
+def test_a_run_waits_for_a_lost_runs_lease_to_pass(store):
+    """A retry of a run whose worker was lost waits for its lease (up to ``wait``), looking
+    again every few seconds of the injected clock: it takes it once it passed, never before."""
+    clock = FakeClock()
+    lost = Leases(store.engine, store.tables.leases, ttl=30.0, clock=clock)
+    lost.acquire(DESTINATION, DAY)
+    lost.held.clear()  # its worker died: it never gives it back
+    retry = Leases(store.engine, store.tables.leases, ttl=30.0, clock=clock)
+    started = clock()
+    with pytest.raises(LeaseHeldError, match="another run is sending it"):
+        retry.acquire(DESTINATION, DAY, wait=10.0, timing=clock.timing())
+    assert clock() - started == pytest.approx(10.0)
+    retry.acquire(DESTINATION, DAY, wait=60.0, timing=clock.timing())
+    assert 30.0 < clock() - started <= 30.0 + 2.0  # within one look of the lease passing
+    assert (DESTINATION, DAY) in retry.held
+    retry.close()
