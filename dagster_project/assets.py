@@ -18,6 +18,7 @@ from typing import Any
 import dagster as dg
 
 from dagster_project.checks import REPAIR, check_specs, evaluations, failure
+from dagster_project.hosts import CeleryHostsRunLauncher
 from dagster_project.names import Names
 from dagster_project.resources import credentials_key
 from etl.config import PipelineConfig
@@ -33,6 +34,9 @@ SOURCE_KEY = "user_actions"
 GROUP = "destinations"
 
 Event = dg.AssetMaterialization | dg.AssetCheckEvaluation | dg.Output
+
+
+LEASE_WAIT_MARGIN = 10.0  # seconds
 
 
 def run_days(context: dg.AssetExecutionContext) -> list[str]:
@@ -207,6 +211,11 @@ def destination_asset(
                     options=RunOptions(
                         progress_every=settings.progress_every_batches,
                         count_outside=False,  # the source's observation counts them
+                        # a retry of a run whose worker was lost waits for its leases to pass
+                        lease_wait=config.state.lease_seconds + LEASE_WAIT_MARGIN,
+                        several_hosts=isinstance(
+                            context.instance.run_launcher, CeleryHostsRunLauncher
+                        ),
                     ),
                     closed=reports.close,
                 )

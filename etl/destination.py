@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from etl.batching import Batcher
 from etl.config import DestinationConfig, PipelineConfig, RateLimit, SourceConfig
+from etl.errors import ConfigError
 from etl.fingerprint import Settings, event_settings, fingerprint_of, legacy_fingerprint
 from etl.mapping import Mapper
 from etl.prepare import Preparer
@@ -39,7 +40,15 @@ class Destination:
     legacy_fingerprint: str  # the fingerprint earlier versions recorded
 
     @classmethod
-    def resolve(cls, name: str, config: DestinationConfig, source: SourceConfig) -> Destination:
+    def resolve(
+        cls,
+        name: str,
+        config: DestinationConfig,
+        source: SourceConfig,
+        several_hosts: bool = False,
+    ) -> Destination:
+        """``several_hosts``: runs start on several hosts, so the rate limit is one budget in
+        the state database unless ``rate_limit.shared`` says otherwise, which is refused."""
         vendor = vendor_class(config.vendor).from_config(config)
         settings = event_settings(source, config)
         endpoint = vendor.endpoint()
@@ -50,9 +59,9 @@ class Destination:
             vendor=vendor,
             base_url=config.base_url or vendor.default_base_url(),
             endpoint=endpoint,
-            rate=(config.rate_limit or endpoint.rate_limit).for_requests_in_flight(
-                config.max_in_flight
-            ),
+            rate=_rate(
+                name, config.rate_limit or endpoint.rate_limit, several_hosts
+            ).for_requests_in_flight(config.max_in_flight),
             events_per_request=per_request,
             requests_in_flight=config.max_in_flight,
             mapper=Mapper(name, config, source, vendor),
@@ -101,6 +110,19 @@ class Destination:
         return Preparer(self.mapper, self.vendor, self.endpoint.max_bytes)
 
 
-def resolve_destination(config: PipelineConfig, name: str) -> Destination:
+def resolve_destination(
+    config: PipelineConfig, name: str, several_hosts: bool = False
+) -> Destination:
     """The destination ``name`` of a pipeline, resolved."""
-    return Destination.resolve(name, config.destinations[name], config.source)
+    return Destination.resolve(name, config.destinations[name], config.source, several_hosts)
+
+
+def _rate(name: str, rate: RateLimit, several_hosts: bool) -> RateLimit:
+    if not several_hosts or rate.shared:
+        return rate
+    if rate.shared is False:
+        raise ConfigError(
+            f"destinations.{name}.rate_limit.shared: false, but this run is one of several hosts'"
+            ": each would send at the whole limit. Remove the key (it is on by default there)"
+        )
+    return rate.model_copy(update={"shared": True})

@@ -163,7 +163,13 @@ class DestinationRun:
         run, store = self.run, self.run.store
         if run.leases is not None:
             try:
-                run.leases.acquire(self.name, task.key)
+                run.leases.acquire(
+                    self.name,
+                    task.key,
+                    wait=run.options.lease_wait,
+                    timing=run.timing,
+                    stop=run.stop,
+                )
             except LeaseHeldError as exc:
                 if not task.beside_range:
                     raise

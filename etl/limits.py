@@ -53,8 +53,10 @@ class RateLimit(_Model):
         default=False,
         description="the vendor's bucket banks nothing: space requests as they really leave",
     )
-    shared: bool = Field(
-        default=False, description="one budget for every process sending here (state database)"
+    shared: bool | None = Field(
+        default=None,
+        description="one budget for every process sending here (state database); default: on "
+        "where runs start on several hosts (the Celery deployment), else off",
     )
 
     def for_requests_in_flight(self, in_flight: int) -> RateLimit:

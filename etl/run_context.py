@@ -39,6 +39,11 @@ class RunOptions:
     # count the rows outside every partition of the range (a pass over the whole table): the
     # command line prints them; Dagster's observation of the source counts them instead
     count_outside: bool = True
+    # seconds to wait for a partition whose lease another run holds (a run on a worker that was
+    # lost holds it until it passes, ``Leases.ttl`` after its last renewal); 0: fail at once
+    lease_wait: float = 0.0
+    # runs start on several hosts (Dagster's Celery deployment): rate limits are shared budgets
+    several_hosts: bool = False
 
 
 @dataclass

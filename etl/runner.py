@@ -61,7 +61,10 @@ def run_backfill(
     """
     options = options or RunOptions()
     days = partition_days(config, first_day, last_day, options.include_today)
-    resolved = [resolve_destination(config, n) for n in config.destination_names(destinations)]
+    resolved = [
+        resolve_destination(config, n, options.several_hosts)
+        for n in config.destination_names(destinations)
+    ]
     # Every secret is read now, before anything is sent, so a missing one stops the run at once.
     if credentials is None:  # read from the environment, and checked
         credentials = {}

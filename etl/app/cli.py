@@ -73,6 +73,7 @@ for command in (
     tool_commands.sandbox,
     tool_commands.demo,
     tool_commands.ui,
+    tool_commands.worker,
     tool_commands.bench,
 ):
     cli.add_command(command)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from etl.app.options import BENCH_PARTS, demo_dir_option
+from etl.app.options import BENCH_PARTS, config_option, demo_dir_option
 from etl.app.output import print_summary
 
 
@@ -138,6 +139,34 @@ def ui(directory: Path, config_path: Path | None, host: str, port: int, sandbox_
     from etl.app.ui import run_ui
 
     run_ui(directory, config_path, host, port, sandbox_port, say=click.echo)
+
+
+@click.command()
+@config_option
+@click.option(
+    "--concurrency", default=1, show_default=True, help="Runs this host executes at a time."
+)
+@click.option("--name", default="etl", show_default=True, help="The worker's name (NAME@host).")
+def worker(config_path: Path, concurrency: int, name: str) -> None:
+    """A worker host of a Dagster deployment on several machines: takes runs from the broker.
+
+    Needs $DAGSTER_HOME with dagster_project/dagster.celery.yaml as its dagster.yaml
+    (DAGSTER_PG_URL, ETL_CELERY_BROKER) and the pipeline file the daemon's host uses."""
+    from dagster_project.hosts import deployment_digest, start_worker, worker_problems
+    from etl.loader import load_pipeline
+
+    os.environ["ETL_PIPELINE"] = str(config_path.resolve())  # what the runs' definitions load
+    config = load_pipeline(config_path)
+    problems = worker_problems(config)
+    if problems:
+        for line in problems:
+            click.echo(f"etl worker: {line}", err=True)
+        sys.exit(2)
+    click.echo(
+        f"etl worker {name}: pipeline {config_path} (code and file digest "
+        f"{deployment_digest()}), {concurrency} run(s) at a time"
+    )
+    start_worker(concurrency, name)
 
 
 @click.command()

@@ -1,0 +1,342 @@
+"""Several hosts for real: the Dagster webserver and daemon on one, two Celery workers (`etl
+worker`) each in its own UTS namespace (its own host name), working and temporary directories,
+all sharing a PostgreSQL Dagster instance, a PostgreSQL warehouse and state, and the RabbitMQ
+broker. A backfill of three destinations lands on both workers; one worker is SIGKILLed while
+its run has requests out. Per destination and partition: every row delivered or filtered, Fuul
+never doubled, extra copies within what was reported in doubt; the killed run failed and its
+retry succeeded; no lease or pool slot left held."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+import yaml
+from kombu import Connection
+from sqlalchemy.engine import make_url
+
+from dagster_project.hosts import TASK_ID_TAG, WORKER_TAG
+from etl.loader import load_pipeline
+from etl.run_context import RunOptions
+from etl.runner import run_backfill
+from etl.sandbox import SANDBOX_CREDENTIALS, start_sandbox
+from etl.state import existing_store
+from tests.conftest import POSTGRES_URL, VENDOR_DESTINATIONS, require_postgres, warehouse_of
+from tests.dagster.test_ui_end_to_end import LAUNCH, Ui, free_port, wait_for_webserver
+from tests.integration.scenario import RECENT_END, canonical
+
+pytestmark = pytest.mark.slow
+
+BROKER = os.environ.get("ETL_TEST_BROKER_URL", "pyamqp://guest:guest@127.0.0.1:5672//")
+ROOT = Path(__file__).parents[2]
+DAYS = 4
+FIRST = RECENT_END - timedelta(days=DAYS)
+VENDORS = ("fuul", "thrivestack", "airship")
+DEADLINE = 240.0
+
+
+def require_broker() -> None:
+    try:
+        with Connection(BROKER, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        message = f"the broker is unreachable at {BROKER}: {str(exc).splitlines()[0]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def require_namespaces() -> None:
+    ok = shutil.which("unshare") and os.geteuid() == 0
+    if not ok:
+        message = "worker hosts need `unshare --uts` as root"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@contextmanager
+def dagster_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for the Dagster instance, dropped afterwards."""
+    name = f"etl_hosts_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # a generated name, not input
+    url = make_url(POSTGRES_URL).set(drivername="postgresql+psycopg2", database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def instance_file(home: Path) -> Path:
+    """The shipped dagster.celery.yaml, with run monitoring's waits cut for a test."""
+    doc = yaml.safe_load((ROOT / "dagster_project" / "dagster.celery.yaml").read_text())
+    doc["run_monitoring"].update(poll_interval_seconds=2, free_slots_after_run_end_seconds=2)
+    home.mkdir(parents=True)
+    (home / "dagster.yaml").write_text(yaml.safe_dump(doc))
+    return home
+
+
+def pipeline_doc(warehouse: Any, sandbox_url: str) -> dict[str, Any]:
+    destinations = {}
+    for vendor in VENDORS:
+        preset = VENDOR_DESTINATIONS[vendor]
+        destinations[f"{vendor}_events"] = {
+            "vendor": vendor,
+            "base_url": sandbox_url + preset["path"],
+            "credentials": preset["credentials"],
+            "mapping": preset["mapping"],
+            "batch_size": 50,
+            "rate_limit": {"requests": 1000, "per_seconds": 1},  # shared: on several hosts
+            "max_in_flight": 1,
+        }
+    return {
+        "start_date": FIRST.isoformat(),
+        "source": {
+            "url": warehouse.url,
+            "schema": warehouse.schema,
+            "table": "user_actions",
+            "reader_process": False,
+        },
+        "state": {"schema": warehouse.schema, "lease_seconds": 5},
+        "late_rows": {"lookback_days": 0},
+        "dagster": {"partitions_per_run": DAYS},  # a run a destination: three at once
+        "destinations": destinations,
+    }
+
+
+def expected(pipeline: Path) -> dict[str, tuple[Counter[str], dict[str, str]]]:
+    """Per destination: every payload it should receive once, and the partition of each."""
+    config = load_pipeline(pipeline)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "expected.jsonl"
+        run_backfill(
+            config,
+            first_day=FIRST,
+            last_day=FIRST + timedelta(days=DAYS - 1),
+            options=RunOptions(dry_run=out),
+        )
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+    found: dict[str, tuple[Counter[str], dict[str, str]]] = {}
+    for line in lines:
+        counts, partition_of = found.setdefault(line["destination"], (Counter(), {}))
+        payload = canonical(line["payload"])
+        counts[payload] += 1
+        partition_of[payload] = line["partition"]
+    return found
+
+
+def start_host(name: str, tmp: Path, env: dict[str, str], pipeline: Path) -> subprocess.Popen:
+    """`etl worker` as host ``name``: its own host name, directories and DAGSTER_HOME."""
+    here = tmp / name
+    (here / "tmp").mkdir(parents=True)
+    instance_file(here / "home")
+    own_pipeline = shutil.copy(pipeline, here / "pipeline.yaml")  # the same file, as deployed
+    host_env = {**env, "DAGSTER_HOME": str(here / "home"), "TMPDIR": str(here / "tmp")}
+    command = ["unshare", "--uts", "--fork", "--", "sh", "-c", 'hostname "$0" && exec "$@"', name]
+    command += [sys.executable, "-m", "etl.app", "worker", "-c", str(own_pipeline)]
+    with (here / "worker.log").open("w") as log:
+        return subprocess.Popen(
+            command, env=host_env, cwd=here, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def wait_until(what: str, check, timeout: float = DEADLINE, logs: list[Path] = (), story=None):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {p}\n{p.read_text()[-2500:]}" for p in logs if p.exists())
+            if story is not None:
+                tails += "\n--- the killed run\n" + story()
+            raise AssertionError(f"{what}: not within {timeout} s\n{tails}")
+        time.sleep(0.2)
+
+
+def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(tmp_path: Path) -> None:
+    require_postgres()
+    require_broker()
+    require_namespaces()
+    sandbox = start_sandbox(time_scale=1e6)
+    for vendor in VENDORS:
+        sandbox.sandbox.set_faults(vendor, latency_ms=200)  # a run lasts seconds: killed mid-run
+    procs: list[subprocess.Popen] = []
+    with warehouse_of("postgresql", tmp_path) as warehouse, dagster_database() as dagster_pg:
+        warehouse.fill(2_000, days=DAYS, end=RECENT_END)
+        pipeline = tmp_path / "pipeline.yaml"
+        pipeline.write_text(yaml.safe_dump(pipeline_doc(warehouse, sandbox.url), sort_keys=False))
+        env = {
+            **os.environ,
+            **SANDBOX_CREDENTIALS,
+            "DAGSTER_PG_URL": dagster_pg,
+            "ETL_CELERY_BROKER": BROKER,
+            "ETL_CELERY_QUEUE": f"etl_test_{uuid.uuid4().hex[:8]}",
+            "ETL_PIPELINE": str(pipeline),
+        }
+        main = tmp_path / "main"
+        home = instance_file(main / "home")
+        os.environ["DAGSTER_PG_URL"] = dagster_pg  # the storage's tables, before any host starts
+        with dg.DagsterInstance.from_config(str(home)):
+            pass
+        port = free_port()
+        logs = [main / "dagster.log", tmp_path / "etl-w1" / "worker.log"]
+        logs.append(tmp_path / "etl-w2" / "worker.log")
+        try:
+            with (main / "dagster.log").open("w") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [str(Path(sys.executable).with_name("dagster")), "dev", "-m",
+                         "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(port)],
+                        env={**env, "DAGSTER_HOME": str(home)}, cwd=ROOT, stdout=log,
+                        stderr=subprocess.STDOUT, start_new_session=True,
+                    )
+                )  # fmt: skip
+            workers = {
+                name: start_host(name, tmp_path, env, pipeline) for name in ("etl-w1", "etl-w2")
+            }
+            procs.extend(workers.values())
+            ui = Ui(f"http://127.0.0.1:{port}", sandbox, pipeline)
+            wait_for_webserver(ui.url, procs[0], main / "dagster.log")
+            days = [(FIRST + timedelta(days=i)).isoformat() for i in range(DAYS)]
+            backfills = []
+            for vendor in VENDORS:  # a backfill each: their runs hold different pools
+                params = {
+                    "partitionNames": days,
+                    "assetSelection": [{"path": [f"{vendor}_events"]}],
+                }
+                launched = ui.graphql(LAUNCH, params=params)["launchPartitionBackfill"]
+                assert launched["__typename"] == "LaunchBackfillSuccess", launched
+                backfills.append(launched["backfillId"])
+
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+
+                def runs() -> list[dg.DagsterRun]:
+                    return [
+                        run
+                        for backfill in backfills
+                        for run in instance.get_runs(
+                            dg.RunsFilter(tags={"dagster/backfill": backfill})
+                        )
+                    ]
+
+                def sending_on_w1() -> dg.DagsterRun | None:
+                    for run in runs():
+                        keys = sorted(run.asset_selection or [], key=str)
+                        vendor = keys[0].path[-1].removesuffix("_events") if keys else ""
+                        on_w1 = run.tags.get(WORKER_TAG) == "etl-w1"
+                        started = run.status == dg.DagsterRunStatus.STARTED
+                        if on_w1 and started and sandbox.sandbox.open.get(vendor):
+                            return run  # its requests are out
+                    return None
+
+                victim = wait_until("a run sending from etl-w1", sending_on_w1, logs=logs)
+                os.killpg(workers["etl-w1"].pid, signal.SIGKILL)  # the host goes down
+                workers["etl-w1"].wait(timeout=10)
+
+                def settled() -> list[dg.DagsterRun] | None:
+                    found = runs()
+                    busy = [r for r in found if not r.is_finished]
+                    done = {r.tags.get("dagster/partition_range_start") for r in found}
+                    return None if busy or not done else found
+
+                def all_sent() -> bool:
+                    state = existing_store(load_pipeline(pipeline))
+                    if state is None:
+                        return False
+                    try:
+                        for name in (f"{v}_events" for v in VENDORS):
+                            cps = state.checkpoints_of(name)
+                            if len(cps) < DAYS or {cp.status for cp in cps} != {"complete"}:
+                                return False
+                        return True
+                    finally:
+                        state.engine.dispose()
+
+                def story() -> str:
+                    records = instance.all_logs(victim.run_id)
+                    return "\n".join(r.message or str(r.dagster_event) for r in records)[-4000:]
+
+                wait_until("every partition sent", all_sent, logs=logs, story=story)
+                final = wait_until("every run ended", settled, logs=logs)
+                failed = instance.get_run_by_id(victim.run_id)
+                assert failed is not None and failed.status == dg.DagsterRunStatus.FAILURE
+                retries = [r for r in final if r.tags.get("dagster/parent_run_id") == victim.run_id]
+                assert [r.status for r in retries] == [dg.DagsterRunStatus.SUCCESS], final
+                hosts = {r.tags.get(WORKER_TAG) for r in final}
+                assert {"etl-w1", "etl-w2"} <= hosts, hosts
+                assert all(TASK_ID_TAG in r.tags for r in final)
+
+                def slots_free() -> bool:
+                    storage = instance.event_log_storage
+                    keys = storage.get_concurrency_keys()
+                    return all(storage.get_concurrency_info(k).active_slot_count == 0 for k in keys)
+
+                wait_until("every pool slot given back", slots_free, timeout=60, logs=logs)
+            assert_delivered_per_partition(pipeline, sandbox)
+        finally:
+            for proc in procs:
+                stop(proc)
+            sandbox.stop()
+
+
+def assert_delivered_per_partition(pipeline: Path, sandbox: Any) -> None:
+    """Per destination and partition: nothing missing, every checkpoint complete and balanced,
+    extra copies within the partition's in-doubt count (none at Fuul); no lease held."""
+    store = existing_store(load_pipeline(pipeline))
+    assert store is not None
+    try:
+        for destination, (wanted, partition_of) in expected(pipeline).items():
+            vendor = destination.removesuffix("_events")
+            stored = Counter(canonical(e) for e in sandbox.sandbox.records[vendor])
+            missing = wanted - stored
+            assert not missing, f"{destination}: {sum(missing.values())} events never arrived"
+            extra: Counter[str] = Counter()
+            for payload, copies in (stored - wanted).items():
+                assert payload in partition_of, f"{destination}: stored, no row makes it"
+                extra[partition_of[payload]] += copies
+            cps = store.checkpoints_of(destination)
+            days = {(FIRST + timedelta(days=i)).isoformat() for i in range(DAYS)}
+            assert days <= {cp.partition for cp in cps}  # and the undated rows' partition
+            assert {cp.status for cp in cps} == {"complete"}
+            assert all(cp.balanced for cp in cps)
+            for cp in cps:
+                assert extra[cp.partition] <= cp.in_doubt, (destination, cp.partition)
+                if vendor == "fuul":
+                    assert extra[cp.partition] == 0, cp.partition
+        with store.engine.connect() as conn:
+            held = conn.execute(sa.select(sa.func.count()).select_from(store.tables.leases))
+            assert held.scalar_one() == 0
+    finally:
+        store.engine.dispose()
