@@ -9,6 +9,7 @@ it failed, and the run fails after the other days are reported.
 """
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 import dagster as dg
 
 from dagster_project.checks import REPAIR, check_specs, evaluations, failure
-from dagster_project.hosts import CeleryHostsRunLauncher
+from dagster_project.hosts import CeleryHostsRunLauncher, stop_when_terminated
 from dagster_project.names import Names
 from dagster_project.resources import credentials_key
 from etl.config import PipelineConfig
@@ -198,8 +199,13 @@ def destination_asset(
         resources = context.resources
         run_config = with_url(config, getattr(resources, names.of("warehouse")).url)
         reports = DayReports()
+        several_hosts = isinstance(context.instance.run_launcher, CeleryHostsRunLauncher)
+        stop = threading.Event()
         try:
-            with forward_library_logs(context.log):
+            with (
+                forward_library_logs(context.log),
+                stop_when_terminated(context.instance, context.run.run_id, stop, several_hosts),
+            ):
                 run = run_backfill(
                     run_config,
                     destinations=[name],
@@ -213,14 +219,15 @@ def destination_asset(
                         count_outside=False,  # the source's observation counts them
                         # a retry of a run whose worker was lost waits for its leases to pass
                         lease_wait=config.state.lease_seconds + LEASE_WAIT_MARGIN,
-                        several_hosts=isinstance(
-                            context.instance.run_launcher, CeleryHostsRunLauncher
-                        ),
+                        several_hosts=several_hosts,
                     ),
+                    stop=stop,
                     closed=reports.close,
                 )
             [report] = run.destinations
             reports.unchanged = report.unchanged
+            if stop.is_set():
+                raise dg.Failure(f"{name}: stopped, the run was terminated from Dagster")
         except BaseException:
             # interrupted (terminated from the UI) or failed: the days it closed still count
             events, _ = partition_events(context, target, days, reports)

@@ -20,7 +20,9 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,7 @@ TASK_ID_TAG = "etl/celery_task_id"
 WORKER_TAG = "etl/worker"
 DEPLOYMENT_TAG = "etl/deployment"  # the launcher's code and pipeline file, as a digest
 INSPECT_SECONDS = 2.0
+TERMINATE_POLL_SECONDS = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,45 @@ def _execute_run(task: Any, packed: Any) -> int:
             write_stream_fn=lambda _event: None,
             set_exit_code_on_failure=True,
         )
+
+
+@contextmanager
+def stop_when_terminated(
+    instance: dg.DagsterInstance,
+    run_id: str,
+    stop: threading.Event,
+    watch: bool,
+    every: float = TERMINATE_POLL_SECONDS,
+) -> Iterator[None]:
+    """While the block runs (if ``watch``), set ``stop`` once the run is being terminated.
+
+    On a worker no signal reaches a run that the UI terminates (it is a thread of the worker,
+    its step a process the worker's launcher does not know): the run's status, CANCELING,
+    is read every ``every`` seconds instead, and the run stops gracefully (its answers
+    committed)."""
+    if not watch:
+        yield
+        return
+    done = threading.Event()
+
+    def watch_status() -> None:
+        while not done.wait(every):
+            with suppress(Exception):  # Dagster's storage: the next look tries again
+                run = instance.get_run_by_id(run_id)
+                if run is not None and run.status in _TERMINATING:
+                    stop.set()
+                    return
+
+    thread = threading.Thread(target=watch_status, name="etl-terminate-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=every + 1)
+
+
+_TERMINATING = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
 
 
 def refused(run: dg.DagsterRun, here: str, worker: str) -> str | None:
@@ -203,11 +245,13 @@ class CeleryHostsRunLauncher(RunLauncher, ConfigurableClass):
         )
 
     def terminate(self, run_id: str) -> bool:
+        """A run not taken yet is dropped from the queue; a started one sees its status turn
+        CANCELING and stops gracefully (:func:`stop_when_terminated`)."""
         run = self._instance.get_run_by_id(run_id)
         task_id = run.tags.get(TASK_ID_TAG) if run is not None else None
         if task_id is None:
             return False
-        self.app.control.revoke(task_id, terminate=True, signal="SIGTERM")
+        self.app.control.revoke(task_id)
         return True
 
     @property

@@ -4,6 +4,7 @@ worker` refuses to start with. The real broker, workers and kill: tests/dagster/
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from dagster_project.hosts import (
     WORKER_TAG,
     CeleryHostsRunLauncher,
     refused,
+    stop_when_terminated,
 )
 from etl.destination import resolve_destination
 from etl.errors import ConfigError
@@ -107,3 +109,18 @@ def test_on_several_hosts_a_rate_limit_is_a_shared_budget(tmp_path):
     refused_config = load_pipeline(pipeline(tmp_path, "postgresql://u@h/s", shared=False))
     with pytest.raises(ConfigError, match=r"destinations\.rewards\.rate_limit\.shared: false"):
         resolve_destination(refused_config, "rewards", several_hosts=True)
+
+
+def test_a_run_terminated_from_the_ui_stops_on_its_worker():
+    """On a worker no signal reaches the run: its status turning CANCELING sets its stop."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        run = dg.DagsterRun(job_name="j", run_id="r3", status=dg.DagsterRunStatus.STARTED)
+        instance.run_storage.add_run(run)
+        stop = threading.Event()
+        with stop_when_terminated(instance, "r3", stop, watch=True, every=0.01):
+            assert not stop.wait(0.1)  # started: it goes on
+            instance.report_run_canceling(run)
+            assert stop.wait(5)
+        quiet = threading.Event()
+        with stop_when_terminated(instance, "r3", quiet, watch=False, every=0.01):
+            assert not quiet.wait(0.1)  # one host: the signal stops it, nothing to watch
