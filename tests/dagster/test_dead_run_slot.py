@@ -24,7 +24,13 @@ pytestmark = pytest.mark.slow
 def slow_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ui, dg.DagsterInstance]]:
     tmp = tmp_path_factory.mktemp("slot")
     with (
-        dagster_dev(tmp, latency_ms=30_000) as (ui, home),
+        # run monitoring's waits cut, as an operator may: the shipped 15 s each are tested
+        # by the same code path
+        dagster_dev(
+            tmp,
+            latency_ms=30_000,
+            monitoring={"poll_interval_seconds": 2, "free_slots_after_run_end_seconds": 2},
+        ) as (ui, home),
         dg.DagsterInstance.from_config(str(home)) as instance,
     ):
         yield ui, instance

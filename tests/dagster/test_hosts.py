@@ -161,6 +161,16 @@ def start_host(name: str, tmp: Path, env: dict[str, str], pipeline: Path) -> sub
         )  # fmt: skip
 
 
+def start(log: Path, env: dict[str, str], program: str, *args: str) -> subprocess.Popen:
+    """One of Dagster's programs of this environment, in its own process group."""
+    command = [str(Path(sys.executable).with_name(program)), *args]
+    with log.open("w") as out:
+        return subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -191,7 +201,7 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(tmp_path: Path)
     require_namespaces()
     sandbox = start_sandbox(time_scale=1e6)
     for vendor in VENDORS:
-        sandbox.sandbox.set_faults(vendor, latency_ms=200)  # a run lasts seconds: killed mid-run
+        sandbox.sandbox.set_faults(vendor, latency_ms=100)  # a run lasts seconds: killed mid-run
     procs: list[subprocess.Popen] = []
     with warehouse_of("postgresql", tmp_path) as warehouse, dagster_database() as dagster_pg:
         warehouse.fill(2_000, days=DAYS, end=RECENT_END)
@@ -211,24 +221,21 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(tmp_path: Path)
         with dg.DagsterInstance.from_config(str(home)):
             pass
         port = free_port()
-        logs = [main / "dagster.log", tmp_path / "etl-w1" / "worker.log"]
+        logs = [main / "daemon.log", tmp_path / "etl-w1" / "worker.log"]
         logs.append(tmp_path / "etl-w2" / "worker.log")
         try:
-            with (main / "dagster.log").open("w") as log:
-                procs.append(
-                    subprocess.Popen(
-                        [str(Path(sys.executable).with_name("dagster")), "dev", "-m",
-                         "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(port)],
-                        env={**env, "DAGSTER_HOME": str(home)}, cwd=ROOT, stdout=log,
-                        stderr=subprocess.STDOUT, start_new_session=True,
-                    )
-                )  # fmt: skip
+            main_env = {**env, "DAGSTER_HOME": str(home)}
+            target = ["-m", "dagster_project.definitions"]
+            procs.append(
+                start(main / "webserver.log", main_env, "dagster-webserver", *target,
+                      "-h", "127.0.0.1", "-p", str(port))
+            )  # fmt: skip
             workers = {
                 name: start_host(name, tmp_path, env, pipeline) for name in ("etl-w1", "etl-w2")
             }
             procs.extend(workers.values())
             ui = Ui(f"http://127.0.0.1:{port}", sandbox, pipeline)
-            wait_for_webserver(ui.url, procs[0], main / "dagster.log")
+            wait_for_webserver(ui.url, procs[0], main / "webserver.log")
             days = [(FIRST + timedelta(days=i)).isoformat() for i in range(DAYS)]
             backfills = []
             for vendor in VENDORS:  # a backfill each: their runs hold different pools
@@ -239,6 +246,8 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(tmp_path: Path)
                 launched = ui.graphql(LAUNCH, params=params)["launchPartitionBackfill"]
                 assert launched["__typename"] == "LaunchBackfillSuccess", launched
                 backfills.append(launched["backfillId"])
+            # the daemon after the backfills: its first tick takes them (then every 30 s)
+            procs.append(start(main / "daemon.log", main_env, "dagster-daemon", "run", *target))
 
             with dg.DagsterInstance.from_config(str(home)) as instance:
 

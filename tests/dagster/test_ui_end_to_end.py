@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from dagster_project.demo import prepare_home
 from etl.loader import load_pipeline
@@ -85,8 +86,11 @@ def wait_for_webserver(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 
 @contextmanager
-def dagster_dev(tmp: Path, latency_ms: float = 0) -> Iterator[tuple[Ui, Path]]:
-    """`dagster dev` (webserver and daemon) on a pipeline of four days and the sandbox."""
+def dagster_dev(
+    tmp: Path, latency_ms: float = 0, monitoring: dict | None = None
+) -> Iterator[tuple[Ui, Path]]:
+    """`dagster dev` (webserver and daemon) on a pipeline of four days and the sandbox; the
+    shipped instance file, its run_monitoring updated by ``monitoring``."""
     sandbox = start_sandbox(time_scale=1e6)
     sandbox.sandbox.set_faults("fuul", latency_ms=latency_ms)
     with warehouse_of("sqlite", tmp) as warehouse:
@@ -95,6 +99,10 @@ def dagster_dev(tmp: Path, latency_ms: float = 0) -> Iterator[tuple[Ui, Path]]:
             tmp / "pipeline.yaml", warehouse, sandbox.url, FIRST.isoformat(), FAST
         )
         home = prepare_home(tmp / "dagster_home")
+        if monitoring:
+            doc = yaml.safe_load((home / "dagster.yaml").read_text())
+            doc["run_monitoring"].update(monitoring)
+            (home / "dagster.yaml").write_text(yaml.safe_dump(doc))
         port = free_port()
         env = {
             **os.environ,
