@@ -306,15 +306,19 @@ class Sender:
         if status == 429:
             result.throttled += 1
             self.bucket.pause(delay)  # every thread sending here waits, not just this one
+            tightened = self.bucket.tighten(self.rate.strict_spacing)
             if self.shared is not None:
                 self.shared.pause(delay)
-            if self.bucket.tighten(self.rate.strict_spacing):
+                # every process sending here, not only this one
+                tightened = self.shared.tighten(self.rate.strict_spacing) or tightened
+            if tightened:
                 log.warning(
                     "%s: refused (429) at the configured pace: from now on its requests leave "
-                    "one at a time, %.0f ms apart, as a vendor bucket that banks nothing needs "
+                    "one at a time, %.0f ms apart%s, as a vendor bucket that banks nothing needs "
                     "(set rate_limit.strict: true to start so)",
                     self.destination,
                     self.rate.strict_spacing * 1000,
+                    ", in every process sending there" if self.shared is not None else "",
                 )
         result.retries += 1
         log.warning(

@@ -82,12 +82,14 @@ class SharedBucket:
         wait = sa.bindparam("wait", type_=sa.Float)
         step = sa.bindparam("step", type_=sa.Float)
         earliest = now + wait
+        # a slot's step: the interval, or the spacing a refusal set for every process
+        used = sa.case((sa.and_(step > 0, c.spacing > step), c.spacing), else_=step)
         # next_slot = max(next_slot, now + wait) + step
         self._take = (
             sa.update(table)
             .where(c.key == self.key)
-            .values(next_slot=sa.case((c.next_slot > earliest, c.next_slot), else_=earliest) + step)
-            .returning(c.next_slot, now)
+            .values(next_slot=sa.case((c.next_slot > earliest, c.next_slot), else_=earliest) + used)
+            .returning(c.next_slot, now, used)
         )
         self._ensure_row()
 
@@ -103,19 +105,32 @@ class SharedBucket:
             except IntegrityError:  # another process inserted it first
                 pass
 
-    def _move(self, wait: float, step: float) -> tuple[float, float]:
-        """``next_slot = max(next_slot, now + wait) + step`` in one statement: (next_slot, now)."""
+    def _move(self, wait: float, step: float) -> tuple[float, float, float]:
+        """``next_slot = max(next_slot, now + wait) + step`` (``step``: at least the row's
+        spacing, unless 0) in one statement: (next_slot, now, the step taken)."""
         params = {"wait": wait, "step": step}
         if self._now is not None:
             params["now"] = self._now()
         with self.engine.begin() as conn:
-            next_slot, now = conn.execute(self._take, params).one()
-        return float(next_slot), float(now)
+            next_slot, now, used = conn.execute(self._take, params).one()
+        return float(next_slot), float(now), float(used)
 
     def reserve(self) -> tuple[float, float]:
         """Take the next free slot: (its time, the time now), in the budget's clock."""
-        next_slot, now = self._move(0.0, self.interval)
-        return next_slot - self.interval, now
+        next_slot, now, used = self._move(0.0, self.interval)
+        return next_slot - used, now
+
+    def tighten(self, spacing: float) -> bool:
+        """From now on slots are at least ``spacing`` apart, for every process sending here
+        (after a refusal at the configured pace); False if they were already."""
+        c = self.table.c
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                sa.update(self.table)
+                .where(c.key == self.key, c.spacing < spacing)
+                .values(spacing=spacing)
+            ).rowcount
+        return bool(changed)
 
     def acquire(self) -> float:
         """Wait for this request's slot; return the seconds waited."""

@@ -93,5 +93,6 @@ CREATE TABLE etl_leases (
 CREATE TABLE etl_rate_budget (
 	key VARCHAR(64) NOT NULL,
 	next_slot DOUBLE PRECISION NOT NULL,
+	spacing DOUBLE PRECISION DEFAULT 0 NOT NULL,
 	PRIMARY KEY (key)
 );

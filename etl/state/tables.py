@@ -194,6 +194,13 @@ def _rate_budget(metadata: sa.MetaData, prefix: str, schema: str | None) -> sa.T
             nullable=False,
             comment="seconds since the epoch (rate_limit.shared, etl/shared_budget.py)",
         ),
+        sa.Column(
+            "spacing",
+            sa.Double,
+            nullable=False,
+            server_default=sa.text("0"),
+            comment="seconds between slots after a refusal at the pace (0: the limit's)",
+        ),
         schema=schema,
     )
 

@@ -191,3 +191,23 @@ def test_four_processes_stay_within_one_limit(tmp_path: Path, database: str):
             assert_delivered(path, server, "fuul")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_refusal_tightens_the_spacing_of_every_process(tmp_path: Path, database: str):
+    """One process's 429 at the pace spaces every process's later slots, and says so once."""
+    now = [1_000.0]
+    spacing = 1.5 * INTERVAL
+    with two_processes(database, tmp_path, clock=lambda: now[0]) as (a, b):
+        first = [bucket.reserve()[0] for bucket in (a, b)]
+        assert a.tighten(spacing) and not b.tighten(spacing)  # the second adds nothing
+        later = [bucket.reserve()[0] for bucket in (b, a, b)]
+        assert b.pause(0.0) is None and b.reserve()[0] == pytest.approx(later[-1] + spacing)
+    assert first == pytest.approx([1_000.0, 1_000.0 + INTERVAL])
+    assert later == pytest.approx(
+        [
+            1_000.0 + 2 * INTERVAL,
+            1_000.0 + 2 * INTERVAL + spacing,
+            1_000.0 + 2 * INTERVAL + 2 * spacing,
+        ]
+    )
