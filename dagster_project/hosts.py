@@ -1,5 +1,8 @@
 """Runs on several hosts: each run is a Celery task that a worker on any host takes from the
-broker (Dagster's ``dagster-celery`` tasks, behind a launcher whose health check asks the workers).
+broker. Celery as ``dagster-celery`` (a dependency, at Dagster's version) uses it, but not its
+``CeleryRunLauncher``: its health check answers UNKNOWN for a run waiting in the queue, which run
+monitoring takes for a dead worker, and it sees a started run only through a shared result
+backend; and its workers' prefork children cannot start Dagster's step processes.
 
 - :class:`CeleryHostsRunLauncher` (named by ``dagster.celery.yaml``) sends a launched run to the
   broker's queue; a worker with a free slot takes it and executes the whole run there.
@@ -23,6 +26,7 @@ import socket
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +307,32 @@ def deployment_digest() -> str:
     if pipeline:
         digest.update(Path(pipeline).read_bytes())
     return digest.hexdigest()[:12]
+
+
+def create_storage(home: Path) -> None:
+    """Create the tables of the instance in ``home`` (before any host starts: hosts starting
+    at once on an empty database race to create them)."""
+    with dg.DagsterInstance.from_config(str(home)):
+        pass
+
+
+@dataclass(frozen=True)
+class RunTimes:
+    status: str
+    start: float | None
+    end: float | None
+    ended: bool
+
+
+def backfill_runs(home: Path) -> list[RunTimes]:
+    """The runs of the instance in ``home`` that backfills launched: status and times."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        records = instance.get_run_records()
+    return [
+        RunTimes(r.dagster_run.status.value, r.start_time, r.end_time, r.dagster_run.is_finished)
+        for r in records
+        if "dagster/backfill" in r.dagster_run.tags
+    ]
 
 
 def worker_app() -> Celery:

@@ -36,6 +36,7 @@ BENCH_PARTS = (
     "overhead",
     "dagster",
     "scale",
+    "hosts",
 )
 
 DAY = click.DateTime(["%Y-%m-%d"])

@@ -169,6 +169,9 @@ def worker(config_path: Path, concurrency: int, name: str) -> None:
     start_worker(concurrency, name)
 
 
+WAREHOUSE = ("scale", "hosts")  # the parts that measure a real warehouse (--warehouse)
+
+
 @click.command()
 @click.option(
     "--rows",
@@ -179,7 +182,8 @@ def worker(config_path: Path, concurrency: int, name: str) -> None:
     "--warehouse",
     metavar="URL",
     help="A PostgreSQL or DuckDB warehouse for the scale part (it alone runs, unless --only "
-    "says more): rows generated in a scratch schema, dropped afterwards.",
+    "says more) and the hosts part (PostgreSQL): rows generated in a scratch schema, dropped "
+    "afterwards.",
 )
 @click.option(
     "--json",
@@ -205,19 +209,20 @@ def bench(
     from etl.app.bench import run_bench
 
     if not only:
-        only = ("scale",) if warehouse else tuple(p for p in BENCH_PARTS if p != "scale")
-    elif warehouse and "scale" not in only:  # --only names the other parts it runs too
+        only = ("scale",) if warehouse else tuple(p for p in BENCH_PARTS if p not in WAREHOUSE)
+    elif warehouse and not set(WAREHOUSE) & set(only):  # --only names the other parts it runs
         only = (*only, "scale")
-    if "scale" in only and not warehouse:
-        raise click.UsageError(
-            "etl bench --only scale measures a real warehouse: give it with --warehouse URL "
-            "(postgresql+psycopg://... or duckdb:///...)"
-        )
+    for part in set(WAREHOUSE) & set(only):
+        if not warehouse:
+            raise click.UsageError(
+                f"etl bench --only {part} measures a real warehouse: give it with --warehouse "
+                "URL (postgresql+psycopg://...; the scale part also duckdb:///...)"
+            )
     say = lambda m: click.echo(m, err=True)  # noqa: E731
     results: dict[str, Any] = {"targets_met": {}}
     rest = tuple(p for p in only if p != "scale")
     if rest:
-        results = run_bench(rows or 1_000_000, say=say, port=port, only=rest)
+        results = run_bench(rows or 1_000_000, say=say, port=port, only=rest, warehouse=warehouse)
     if warehouse and "scale" in only:
         from etl.app.bench_scale import SCALE_ROWS, run_scale
 

@@ -18,8 +18,6 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,9 +27,9 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from kombu import Connection
-from sqlalchemy.engine import make_url
 
 from dagster_project.hosts import TASK_ID_TAG, WORKER_TAG
+from etl.app.bench_hosts import scratch_database, start_program, stop_process
 from etl.loader import load_pipeline
 from etl.run_context import RunOptions
 from etl.runner import run_backfill
@@ -69,22 +67,6 @@ def require_namespaces() -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-
-
-@contextmanager
-def dagster_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for the Dagster instance, dropped afterwards."""
-    name = f"etl_hosts_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))  # a generated name, not input
-    url = make_url(POSTGRES_URL).set(drivername="postgresql+psycopg2", database=name)
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def instance_file(home: Path) -> Path:
@@ -154,31 +136,7 @@ def start_host(name: str, tmp: Path, env: dict[str, str], pipeline: Path) -> sub
     host_env = {**env, "DAGSTER_HOME": str(here / "home"), "TMPDIR": str(here / "tmp")}
     command = ["unshare", "--uts", "--fork", "--", "sh", "-c", 'hostname "$0" && exec "$@"', name]
     command += [sys.executable, "-m", "etl.app", "worker", "-c", str(own_pipeline)]
-    with (here / "worker.log").open("w") as log:
-        return subprocess.Popen(
-            command, env=host_env, cwd=here, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-
-
-def start(log: Path, env: dict[str, str], program: str, *args: str) -> subprocess.Popen:
-    """One of Dagster's programs of this environment, in its own process group."""
-    command = [str(Path(sys.executable).with_name(program)), *args]
-    with log.open("w") as out:
-        return subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+    return start_program(here / "worker.log", host_env, command, cwd=here)
 
 
 def wait_until(what: str, check, timeout: float = DEADLINE, logs: list[Path] = (), story=None):  # type: ignore[no-untyped-def]
@@ -195,7 +153,9 @@ def wait_until(what: str, check, timeout: float = DEADLINE, logs: list[Path] = (
         time.sleep(0.2)
 
 
-def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(tmp_path: Path) -> None:
+def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     require_postgres()
     require_broker()
     require_namespaces()
@@ -203,7 +163,10 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(tmp_path: Path)
     for vendor in VENDORS:
         sandbox.sandbox.set_faults(vendor, latency_ms=100)  # a run lasts seconds: killed mid-run
     procs: list[subprocess.Popen] = []
-    with warehouse_of("postgresql", tmp_path) as warehouse, dagster_database() as dagster_pg:
+    with (
+        warehouse_of("postgresql", tmp_path) as warehouse,
+        scratch_database(POSTGRES_URL, "etl_hosts") as dagster_pg,
+    ):
         warehouse.fill(2_000, days=DAYS, end=RECENT_END)
         pipeline = tmp_path / "pipeline.yaml"
         pipeline.write_text(yaml.safe_dump(pipeline_doc(warehouse, sandbox.url), sort_keys=False))
@@ -217,7 +180,7 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(tmp_path: Path)
         }
         main = tmp_path / "main"
         home = instance_file(main / "home")
-        os.environ["DAGSTER_PG_URL"] = dagster_pg  # the storage's tables, before any host starts
+        monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg)  # its tables, before any host starts
         with dg.DagsterInstance.from_config(str(home)):
             pass
         port = free_port()
@@ -227,8 +190,8 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(tmp_path: Path)
             main_env = {**env, "DAGSTER_HOME": str(home)}
             target = ["-m", "dagster_project.definitions"]
             procs.append(
-                start(main / "webserver.log", main_env, "dagster-webserver", *target,
-                      "-h", "127.0.0.1", "-p", str(port))
+                start_program(main / "webserver.log", main_env, ["dagster-webserver", *target,
+                              "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT)
             )  # fmt: skip
             workers = {
                 name: start_host(name, tmp_path, env, pipeline) for name in ("etl-w1", "etl-w2")
@@ -247,7 +210,11 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(tmp_path: Path)
                 assert launched["__typename"] == "LaunchBackfillSuccess", launched
                 backfills.append(launched["backfillId"])
             # the daemon after the backfills: its first tick takes them (then every 30 s)
-            procs.append(start(main / "daemon.log", main_env, "dagster-daemon", "run", *target))
+            procs.append(
+                start_program(
+                    main / "daemon.log", main_env, ["dagster-daemon", "run", *target], ROOT
+                )
+            )
 
             with dg.DagsterInstance.from_config(str(home)) as instance:
 
@@ -316,7 +283,7 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(tmp_path: Path)
             assert_delivered_per_partition(pipeline, sandbox)
         finally:
             for proc in procs:
-                stop(proc)
+                stop_process(proc)
             sandbox.stop()
 
 
