@@ -8,9 +8,8 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ import requests
 import yaml
 
 from dagster_project.demo import prepare_home
+from etl.app.bench_hosts import start_program, stop_process
 from etl.loader import load_pipeline
 from etl.sandbox import SANDBOX_CREDENTIALS, SandboxServer, start_sandbox
 from etl.state import existing_store
@@ -56,10 +56,17 @@ def free_port() -> int:
 
 
 class Ui:
-    def __init__(self, url: str, sandbox: SandboxServer, pipeline: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        sandbox: SandboxServer,
+        pipeline: Path,
+        start_daemon: Callable[[], None] | None = None,
+    ) -> None:
         self.url = url
         self.sandbox = sandbox
         self.pipeline = pipeline
+        self._start_daemon = start_daemon
 
     def graphql(self, query: str, **variables: object) -> dict:
         response = requests.post(
@@ -68,6 +75,9 @@ class Ui:
         response.raise_for_status()
         body = response.json()
         assert "errors" not in body, body
+        if query == LAUNCH and self._start_daemon is not None:
+            self._start_daemon()  # once: after the first backfill
+            self._start_daemon = None
         return body["data"]
 
 
@@ -89,8 +99,9 @@ def wait_for_webserver(url: str, proc: subprocess.Popen, log: Path) -> None:
 def dagster_dev(
     tmp: Path, latency_ms: float = 0, monitoring: dict | None = None
 ) -> Iterator[tuple[Ui, Path]]:
-    """`dagster dev` (webserver and daemon) on a pipeline of four days and the sandbox; the
-    shipped instance file, its run_monitoring updated by ``monitoring``."""
+    """Dagster's webserver, and its daemon once a backfill is launched (what `dagster dev`
+    runs), on a pipeline of four days and the sandbox; the shipped instance file, its
+    run_monitoring updated by ``monitoring``."""
     sandbox = start_sandbox(time_scale=1e6)
     sandbox.sandbox.set_faults("fuul", latency_ms=latency_ms)
     with warehouse_of("sqlite", tmp) as warehouse:
@@ -110,24 +121,25 @@ def dagster_dev(
             "DAGSTER_HOME": str(home),
             "ETL_PIPELINE": str(pipeline),
         }
-        dagster = Path(sys.executable).with_name("dagster")
-        log = (tmp / "dagster-dev.log").open("w")
-        proc = subprocess.Popen(
-            [str(dagster), "dev", "-m", "dagster_project.definitions", "-h", "127.0.0.1", "-p", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2], start_new_session=True,
-        )  # fmt: skip
+        root = Path(__file__).parents[2]
+        target = ["-m", "dagster_project.definitions"]
+        web = start_program(tmp / "webserver.log", env, ["dagster-webserver", *target,
+                            "-h", "127.0.0.1", "-p", str(port)], cwd=root)  # fmt: skip
         url = f"http://127.0.0.1:{port}"
+        procs = [web]
+
+        def start_daemon() -> None:
+            """The daemon, after the first backfill was launched: its first tick takes it (the
+            backfill daemon looks every 30 s), as `dagster dev` would run it."""
+            daemon = ["dagster-daemon", "run", *target]
+            procs.append(start_program(tmp / "daemon.log", env, daemon, cwd=root))
+
         try:
-            wait_for_webserver(url, proc, tmp / "dagster-dev.log")
-            yield Ui(url, sandbox, pipeline), home
+            wait_for_webserver(url, web, tmp / "webserver.log")
+            yield Ui(url, sandbox, pipeline, start_daemon), home
         finally:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait(timeout=30)
-            log.close()
+            for proc in procs:
+                stop_process(proc)
             sandbox.stop()
 
 
