@@ -379,9 +379,10 @@ def pipeline_problems(config: PipelineConfig) -> list[str]:
                 f"{key}: {parsed.get_backend_name()} ({parsed.database}) is a file of one host: "
                 "every worker must read one warehouse and keep its state in one PostgreSQL"
             )
+    targets = {}
     for name in config.destination_names():
         try:
-            resolve_destination(config, name, several_hosts=True)
+            targets[name] = resolve_destination(config, name, several_hosts=True)
         except ConfigError as exc:
             problems.append(str(exc))
     if problems:
@@ -406,8 +407,7 @@ def pipeline_problems(config: PipelineConfig) -> list[str]:
         problems.append(
             f"the broker {shown_url(broker)} (${BROKER_ENV}) is unreachable: {first_line(exc)}"
         )
-    for name in config.destination_names():
-        target = resolve_destination(config, name)
+    for name, target in targets.items():
         try:  # no key is sent: any answer of the host will do
             requests.head(target.base_url, timeout=5, allow_redirects=False)
         except requests.RequestException as exc:

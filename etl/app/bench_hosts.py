@@ -14,6 +14,7 @@ from the first run's start to the last one's end, and events a second. Reported:
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
@@ -122,10 +124,7 @@ def _pace(pipeline: Path, first: date, last: date) -> int:
     out = pipeline.with_name("dry.jsonl")
     config = load_pipeline(pipeline)
     run_backfill(config, first_day=first, last_day=last, options=RunOptions(dry_run=out))
-    counts: dict[str, int] = {}
-    for line in out.read_text().splitlines():
-        name = line.split('"destination": "', 1)[1].split('"', 1)[0]
-        counts[name] = counts.get(name, 0) + 1
+    counts = Counter(json.loads(line)["destination"] for line in out.read_text().splitlines())
     doc = yaml.safe_load(pipeline.read_text())
     for name, dest in doc["destinations"].items():
         requests_needed = -(-counts.get(name, 0) // dest.get("batch_size", 1))
