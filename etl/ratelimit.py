@@ -38,6 +38,7 @@ class TokenBucket:
         sleep: Sleep = time.sleep,
         window: tuple[int, float] | None = None,
         spacing: float = 0.0,
+        connections: int = 1,
     ) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
@@ -46,6 +47,7 @@ class TokenBucket:
         self._sent_lock = threading.Lock()
         self._spacing = spacing
         self._left = float("-inf")  # when the last request really left
+        self._opening = connections  # requests still to open a connection of the pool
         self.interval = 1.0 / rate
         self.tolerance = (burst - 1) * self.interval
         self._clock = clock
@@ -84,10 +86,12 @@ class TokenBucket:
                 while (remaining := self._left + self._spacing - self._clock()) > 0:
                     self._sleep(remaining)
                     waited += remaining
-                # The first request also opens the connection, and reaches the vendor later
-                # than those after it leave for it: the second waits one spacing more.
-                first = self._left == float("-inf")
-                self._left = self._clock() + (self._spacing if first else 0.0)
+                # The first request on each of the pool's ``connections`` also opens it, and
+                # reaches the vendor later than those after it leave for it: the one after it
+                # waits one spacing more.
+                opens = self._opening > 0
+                self._opening -= opens
+                self._left = self._clock() + (self._spacing if opens else 0.0)
         return waited
 
     def tighten(self, spacing: float) -> bool:

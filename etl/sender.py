@@ -119,11 +119,14 @@ class Sender:
                 timing.sleep,
                 rate.guard_window,
                 rate.spacing,
+                target.requests_in_flight,
             ),
         )
         self.shared = shared
         self.stopping = stopping or threading.Event()
         self._fatal: DeliveryError | None = None
+        self._told = threading.Lock()  # the warning of a refusal at the pace, said once
+        self._told_pace = False
         if session is None:
             session = requests.Session()
             size = 2 * target.requests_in_flight + 1
@@ -295,6 +298,24 @@ class Sender:
                 )
             )
 
+    def _refused_when_paced(self) -> None:
+        """A 429 with requests already one at a time at the configured pace: the vendor allows
+        less than ``rate_limit`` says. Said once; every later request waits its Retry-After."""
+        with self._told:
+            if self._told_pace:
+                return
+            self._told_pace = True
+        log.warning(
+            "%s: refused (429) at the configured pace with requests one at a time, %.0f ms "
+            "apart: the vendor allows less than %s.rate_limit (%d per %gs); each refusal waits "
+            "its Retry-After, lower the limit",
+            self.destination,
+            self.rate.strict_spacing * 1000,
+            f"destinations.{self.destination}",
+            self.rate.requests,
+            self.rate.per_seconds,
+        )
+
     def _give_up(self, error: E) -> E:
         self._fatal = error
         return error
@@ -311,11 +332,13 @@ class Sender:
                 self.shared.pause(delay)
                 # every process sending here, not only this one
                 tightened = self.shared.tighten(self.rate.strict_spacing) or tightened
-            if tightened:
+            if not tightened:
+                self._refused_when_paced()
+            else:
                 log.warning(
                     "%s: refused (429) at the configured pace: from now on its requests leave "
                     "one at a time, %.0f ms apart%s, as a vendor bucket that banks nothing needs "
-                    "(set rate_limit.strict: true to start so)",
+                    "(rate_limit.strict: false or a burst above 1 said it counts in windows)",
                     self.destination,
                     self.rate.strict_spacing * 1000,
                     ", in every process sending there" if self.shared is not None else "",

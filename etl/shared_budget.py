@@ -68,7 +68,8 @@ class SharedBucket:
         self.engine = engine
         self.table = table
         self.key = budget_key(endpoint, credential)
-        self.interval = 1.0 / limit.per_second
+        # one interval a slot, or (one request at a time) the spacing as they really leave
+        self.interval = max(1.0 / limit.per_second, limit.spacing)
         self._sleep = sleep
         c = table.c
         now: sa.ColumnElement[float]

@@ -102,6 +102,10 @@ def print_plan(plan: Plan, by_partition: bool) -> None:
         elif not p.total("to_send") and not p.total("rows"):
             click.echo("  nothing left to send in this range")
         rate = f"{p.rate.requests:g} requests per {p.rate.per_seconds:g} s"
+        if (gap := p.rate.spacing) > 0:
+            rate += ", one at a time " + (
+                f"{gap:.3f} s apart" if gap >= 1 else f"{gap * 1000:.0f} ms apart"
+            )
         click.echo(f"  estimated {format_duration(p.seconds)} at {rate} (the rate limit alone)")
         if by_partition:
             click.echo(

@@ -63,6 +63,9 @@ class Faults:
     # answered 429 with the time until the next one.
     bucket_per_s: float = 0.0
     bucket_burst: float = 1.0
+    # A sliding window in front of the vendor, in real seconds: at most ``window_per_s``
+    # requests in any second (a vendor that counts in windows); a request over it gets 429.
+    window_per_s: int = 0
 
 
 @dataclass
@@ -103,9 +106,10 @@ class SlidingWindow:
         self.clock = clock
         self.hits: dict[str, deque[float]] = defaultdict(deque)
 
-    def check(self, key: str) -> float | None:
-        """Record a request; return None if allowed, else the seconds until it would be."""
-        now = self.clock()
+    def check(self, key: str, now: float | None = None) -> float | None:
+        """Record a request (arrived ``now``, by default the clock's now); return None if
+        allowed, else the seconds until it would be."""
+        now = self.clock() if now is None else now
         hits = self.hits[key]
         while hits and hits[0] <= now - self.seconds:
             hits.popleft()

@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlparse
 from requests.structures import CaseInsensitiveDict
 
 from etl.sandbox.airship import AirshipEmulator
-from etl.sandbox.emulator import Faults, Reply, TokenBucket, VendorEmulator
+from etl.sandbox.emulator import Faults, Reply, SlidingWindow, TokenBucket, VendorEmulator
 from etl.sandbox.fuul import FuulEmulator
 from etl.sandbox.thrivestack import ThriveStackEmulator
 from etl.sandbox.torque import TorqueEmulator
@@ -73,6 +73,7 @@ class Sandbox:
         self.faults: dict[str, Faults] = defaultdict(Faults)
         self.arrivals: dict[str, list[float]] = defaultdict(list)  # clock() of every request
         self.buckets: dict[str, TokenBucket] = {}  # the strict buckets of Faults.bucket_per_s
+        self.windows: dict[str, SlidingWindow] = {}  # the windows of Faults.window_per_s
         self.bucket_lock = threading.Lock()
         self.open: Counter[str] = Counter()  # requests being answered, per vendor
         self.requests: list[RequestRecord] = []  # every request, vendors' and unknown paths'
@@ -123,6 +124,7 @@ class Sandbox:
             self.arrivals.clear()
             self.faults.clear()
             self.buckets.clear()
+            self.windows.clear()
             self.requests.clear()
             self.emulators = self._emulators()
 
@@ -146,8 +148,8 @@ class Sandbox:
             return Reply(404, {"message": f"no vendor at /{parts[0]}"})
         name = emulator.name
         faults = self.faults[name]
-        if faults.bucket_per_s:  # as a gateway: when the request arrives, not when it is served
-            wait = self._bucket(name, faults, arrived)
+        if faults.bucket_per_s or faults.window_per_s:  # a gateway: judged when it arrives
+            wait = self._gate(name, faults, arrived)
             if wait is not None:
                 with self.lock:
                     self.stats[name]["requests"] += 1
@@ -166,16 +168,27 @@ class Sandbox:
             with self.lock:
                 self.open[name] -= 1
 
-    def _bucket(self, name: str, faults: Faults, arrived: float) -> float | None:
+    def _gate(self, name: str, faults: Faults, arrived: float) -> float | None:
+        """The gateway's verdict on a request that ``arrived``: the token bucket's, then the
+        sliding window's (each set up again when its fault settings change)."""
         with self.bucket_lock:
-            bucket = self.buckets.get(name)
-            if bucket is None or (bucket.per_s, bucket.burst) != (
-                faults.bucket_per_s,
-                faults.bucket_burst,
-            ):
-                bucket = TokenBucket(faults.bucket_per_s, faults.bucket_burst, self.clock)
-                self.buckets[name] = bucket
-            return bucket.check(arrived)
+            if faults.bucket_per_s:
+                bucket = self.buckets.get(name)
+                if bucket is None or (bucket.per_s, bucket.burst) != (
+                    faults.bucket_per_s,
+                    faults.bucket_burst,
+                ):
+                    bucket = TokenBucket(faults.bucket_per_s, faults.bucket_burst, self.clock)
+                    self.buckets[name] = bucket
+                if (wait := bucket.check(arrived)) is not None:
+                    return wait
+            if faults.window_per_s:
+                window = self.windows.get(name)
+                if window is None or window.limit != faults.window_per_s:
+                    window = SlidingWindow(faults.window_per_s, 1.0, self.clock)
+                    self.windows[name] = window
+                return window.check(name, arrived)
+            return None
 
     def _answer(
         self,

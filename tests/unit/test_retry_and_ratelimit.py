@@ -173,6 +173,14 @@ def test_a_strict_bucket_keeps_requests_a_spacing_apart_as_they_leave():
             assert min(gaps) >= expected_min - 1e-9
             assert gaps[0] >= 2 * spacing - 1e-9
             assert left[-1] - left[0] < unguarded * 1.25  # its price: the spacing, not more
+    # two connections in the pool: the first request on each opens it, each waits one more
+    bucket = TokenBucket(20 * 0.98, 1, clock, clock.sleep, spacing=spacing, connections=2)
+    left = []
+    for _ in range(4):
+        bucket.acquire()
+        left.append(clock())
+    gaps = [b - a for a, b in itertools.pairwise(left)]
+    assert gaps == pytest.approx([2 * spacing, 2 * spacing, spacing])
 
 
 def test_a_refusal_tightens_a_windowed_bucket_into_a_strict_one():
@@ -197,17 +205,26 @@ def test_a_refusal_tightens_a_windowed_bucket_into_a_strict_one():
         left.append(clock())
     gaps = [b - a for a, b in itertools.pairwise(left)]
     assert min(gaps) >= limit.strict_spacing - 1e-9
-    assert limit.strict_spacing == pytest.approx(0.05 + 0.002)  # a strict limit's jitter
+    assert limit.strict_spacing == pytest.approx(0.05 + 0.003)  # a strict limit's jitter
 
 
-def test_spacing_is_for_strict_limits_only():
+def test_requests_leave_one_at_a_time_unless_the_vendor_counts_in_windows():
+    """By default (a vendor that does not say how it counts) requests are spaced as they
+    leave; ``strict: false`` or a burst above 1 says it counts in windows: no spacing."""
     from etl.config import RateLimit
 
-    assert RateLimit(requests=20, per_seconds=1).spacing == 0.0
+    assert RateLimit(requests=20, per_seconds=1).spacing == pytest.approx(0.05 + 0.003)
+    assert RateLimit(requests=20, per_seconds=1, strict=False).spacing == 0.0
+    assert RateLimit(requests=20, per_seconds=1, burst=5).spacing == 0.0
+    assert RateLimit(requests=20, per_seconds=1, burst=5, strict=True).spacing > 0
+    # above 50 requests/s (and "no limit") the window's rule only, unless strict says so
+    assert RateLimit(requests=51, per_seconds=1).spacing == 0.0
+    assert RateLimit(requests=1_000_000, per_seconds=1).spacing == 0.0
+    assert RateLimit(requests=100, per_seconds=1, strict=True).spacing > 0
     strict = RateLimit(requests=20, per_seconds=1, strict=True)
-    assert strict.spacing == pytest.approx(0.05 + 0.002)
+    assert strict.spacing == pytest.approx(0.05 + 0.003)
     assert RateLimit(requests=20, per_seconds=1, strict=True, margin=0.02).spacing == (
-        pytest.approx(0.05 / 0.98 + 0.002)
+        pytest.approx(0.05 / 0.98 + 0.003)
     )
 
 
@@ -232,10 +249,10 @@ def test_the_jitter_slack_grows_with_the_requests_in_flight():
     interpreter: 1 ms more; a strict limit spaces one request at a time; jitter_ms wins."""
     from etl.config import RateLimit
 
-    limit = RateLimit(requests=50, per_seconds=1)
+    limit = RateLimit(requests=50, per_seconds=1, strict=False)
     assert [limit.for_requests_in_flight(n).jitter_ms for n in (1, 2, 4, 12)] == [2, 3, 5, 13]
-    strict = RateLimit(requests=20, per_seconds=1, strict=True)
-    assert strict.for_requests_in_flight(12).spacing == pytest.approx(0.05 + 0.002)
+    strict = RateLimit(requests=20, per_seconds=1)
+    assert strict.for_requests_in_flight(12).spacing == pytest.approx(0.05 + 0.003)
     given = RateLimit(requests=50, per_seconds=1, jitter_ms=20)
     assert given.for_requests_in_flight(12).guard_window == (50, pytest.approx(1.02))
 
