@@ -91,6 +91,9 @@ def make_celery(broker: str, queue: str) -> Celery:
         broker_connection_timeout=5,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        # the broker lost (a restart): a run being executed goes on; its message, redelivered
+        # since it was not acknowledged, is dropped as a run already started
+        worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     app.task(name=TASK, bind=True)(_execute_run)
     return app
@@ -107,10 +110,12 @@ def _execute_run(task: Any, packed: Any) -> int:
             log.error("run %s is not in this worker's Dagster instance (DAGSTER_HOME)", args.run_id)
             return 1
         if run.status != dg.DagsterRunStatus.STARTING:
-            # taken again after its worker was lost: run monitoring and run retries own it now
+            # delivered again after its worker, or the worker's connection to the broker, was
+            # lost: the run goes on there, or run monitoring and run retries own it now
             instance.report_engine_event(
                 f"Worker {task.request.hostname} did not execute it again: the run is "
-                f"{run.status.value} (it was taken by a worker that was lost)",
+                f"{run.status.value} (its message came again: the worker that took it, or that "
+                "worker's connection to the broker, was lost)",
                 run,
                 cls=CeleryHostsRunLauncher,
             )

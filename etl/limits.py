@@ -26,6 +26,9 @@ SPACING_JITTER_MS = 3.0
 # or banks a burst; a limit of "no limit" (a million a second) is not slowed to 500 requests/s.
 STRICT_UP_TO_PER_S = 50
 JITTER_MS_PER_REQUEST = 1.0
+# Refused one at a time, the slack doubles, up to a quarter of the interval (then the vendor
+# allows less than the limit says).
+WIDEST = 0.25
 
 
 class RateLimit(_Model):
@@ -129,6 +132,14 @@ class RateLimit(_Model):
         """For a strict vendor (a token bucket that banks nothing), the seconds between two
         requests as they really leave: :attr:`strict_spacing`. 0 otherwise."""
         return self.strict_spacing if self.one_at_a_time else 0.0
+
+    def widened(self, spacing: float) -> float | None:
+        """After a refusal of requests already ``spacing`` apart: the spacing with twice its
+        slack over the interval (a process that sends late, or a vendor's own jitter, took
+        more than the slack), at most the interval + WIDEST; None if it is there already."""
+        interval = self.per_seconds / self.requests / (1 - self.share)
+        wider = min(interval + 2 * max(spacing - interval, self.jitter), interval * (1 + WIDEST))
+        return wider if wider > spacing + 1e-9 else None
 
     @property
     def strict_spacing(self) -> float:

@@ -125,8 +125,11 @@ class Sender:
         self.shared = shared
         self.stopping = stopping or threading.Event()
         self._fatal: DeliveryError | None = None
-        self._told = threading.Lock()  # the warning of a refusal at the pace, said once
+        self._told = threading.Lock()  # the spacing widened after refusals, said once each
         self._told_pace = False
+        self._spacing = self.rate.strict_spacing  # as widened after refusals
+        self._widened_at = float("-inf")  # when, on timing's clock
+        self._clock = timing.clock
         if session is None:
             session = requests.Session()
             size = 2 * target.requests_in_flight + 1
@@ -299,18 +302,40 @@ class Sender:
             )
 
     def _refused_when_paced(self) -> None:
-        """A 429 with requests already one at a time at the configured pace: the vendor allows
-        less than ``rate_limit`` says. Said once; every later request waits its Retry-After."""
+        """A 429 with requests already one at a time: a request left later than its slot, by
+        more than the slack (a busy process: another thread held the interpreter), or the
+        vendor's own jitter. The slack doubles, for every thread and process sending here, at
+        most once a window (refusals of requests already out come together); at its widest,
+        the vendor allows less than ``rate_limit`` says: said once."""
         with self._told:
-            if self._told_pace:
+            now = self._clock()
+            if now - self._widened_at < self.rate.per_seconds:
                 return
-            self._told_pace = True
+            wider = self.rate.widened(self._spacing)
+            if wider is not None:
+                self._spacing, self._widened_at = wider, now
+            elif self._told_pace:
+                return
+            else:
+                self._told_pace = True
+        if wider is not None:
+            self.bucket.tighten(wider)
+            if self.shared is not None:
+                self.shared.tighten(wider)
+            log.warning(
+                "%s: refused (429) with requests one at a time: from now on %.1f ms apart%s "
+                "(a request left late, or the vendor's arrivals jitter more than the slack)",
+                self.destination,
+                wider * 1000,
+                ", in every process sending there" if self.shared is not None else "",
+            )
+            return
         log.warning(
             "%s: refused (429) at the configured pace with requests one at a time, %.0f ms "
             "apart: the vendor allows less than %s.rate_limit (%d per %gs); each refusal waits "
             "its Retry-After, lower the limit",
             self.destination,
-            self.rate.strict_spacing * 1000,
+            self._spacing * 1000,
             f"destinations.{self.destination}",
             self.rate.requests,
             self.rate.per_seconds,

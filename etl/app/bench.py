@@ -661,6 +661,10 @@ def targets_met(r: dict[str, Any]) -> dict[str, bool]:
         met["hosts_celery_overhead <= 1.2 (1 worker against etl run), no 429"] = (
             r["hosts_celery_overhead"] <= 1.2 and r["hosts_429s"] == 0
         )
+    if "hosts_strict_efficiency" in r:
+        met["hosts_strict_efficiency >= 0.90 (2 workers, a bucket of burst 1), no 429"] = (
+            r["hosts_strict_efficiency"] >= 0.90 and r["hosts_strict_429s"] == 0
+        )
     for rate in (5, 20):
         if f"small_days_requests_{rate}" in r:
             met[f"small_days_requests_{rate} <= ceil(events / batch) + 1"] = (

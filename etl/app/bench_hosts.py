@@ -10,10 +10,17 @@ one worker taking one run at a time does, without Dagster); then `dagster dev` w
 `etl worker` processes taking one run at a time, a backfill launched per destination: wall time
 from the first run's start to the last one's end, and events a second. Reported: the speedup of
 2 workers over 1 (target ≥ 1.6) and the Celery path's overhead over `etl run` (target ≤ 1.2).
+
+Then one vendor limit across hosts, against a bucket that banks nothing: two ThriveStack
+destinations with one endpoint and key (one budget; each its own pool, so the two workers run
+them at once), behind a sandbox token bucket of burst 1 at the configured rate, `rate_limit`
+with the defaults (shared on worker hosts, one request at a time): the 429s and the share of the
+limit the two together reach (``hosts_strict_*``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import secrets
@@ -47,6 +54,7 @@ ROWS = 60_000
 DAYS = 10
 BATCH = 100
 SECONDS_EACH = 30.0  # each destination's backfill, at its limit
+STRICT_VENDOR = "thrivestack"  # the destination of the measurement across hosts
 VENDORS = ("fuul", "thrivestack", "airship", "torque")
 LAUNCH = """
 mutation Launch($params: LaunchBackfillParams!) {
@@ -85,6 +93,8 @@ def hosts_part(
             )
             say(f"  {workers} worker(s): {seconds[f'w{workers}']:.1f} s")
         refused = sum(sandbox.stats(v).get("throttled", 0) for v in VENDORS)
+        strict = _strict_across_hosts(directory, pipeline, sandbox, schema, first, last, warehouse)
+        say(f"  {STRICT_VENDOR} on 2 workers at once, bucket of burst 1: {strict}")
     finally:
         with engine.begin() as conn:
             conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
@@ -99,6 +109,41 @@ def hosts_part(
         "hosts_speedup": round(seconds["w1"] / seconds["w2"], 2),
         "hosts_celery_overhead": round(seconds["w1"] / seconds["etl_run"], 2),
         "hosts_429s": refused,
+        **strict,
+    }
+
+
+def _strict_across_hosts(
+    directory: Path,
+    pipeline: Path,
+    sandbox: Any,
+    schema: str,
+    first: date,
+    last: date,
+    warehouse: str,
+) -> dict[str, Any]:
+    """Two STRICT_VENDOR destinations with one endpoint and key, on two workers at once,
+    behind a bucket of burst 1 at the configured rate: the 429s, and the two's requests a
+    second over the rate."""
+    doc = yaml.safe_load(pipeline.read_text())
+    ((name, dest),) = (
+        (n, d) for n, d in doc["destinations"].items() if d["vendor"] == STRICT_VENDOR
+    )
+    doc["destinations"] = {name: dest, f"{name}_2": copy.deepcopy(dest)}
+    limit = dest["rate_limit"]
+    path = pipeline.with_name("pipeline_strict.yaml")
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    sandbox.reset()
+    rate = limit["requests"] / limit["per_seconds"]
+    sandbox.faults(STRICT_VENDOR, bucket_per_s=rate, bucket_burst=1)
+    _celery(directory, path, sandbox.url, schema, 2, first, last, warehouse, runs=2, tag="strict")
+    arrivals = sandbox.arrivals(STRICT_VENDOR)
+    return {
+        "hosts_strict_requests": len(arrivals),
+        "hosts_strict_efficiency": round(
+            (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) / rate, 3
+        ),
+        "hosts_strict_429s": sandbox.stats(STRICT_VENDOR).get("throttled", 0),
     }
 
 
@@ -170,12 +215,14 @@ def _celery(
     first: date,
     last: date,
     warehouse: str,
+    runs: int = 0,
+    tag: str = "",
 ) -> float:
     """dagster dev and ``workers`` workers: a backfill per destination; the wall time from the
-    first run's start to the last run's end."""
-
-    path = _with_state(pipeline, schema, f"w{workers}")
-    here = directory / f"hosts_{workers}"
+    first run's start to the last run's end (of ``runs`` runs, by default one a destination)."""
+    tag = tag or f"w{workers}"
+    path = _with_state(pipeline, schema, tag)
+    here = directory / f"hosts_{tag}"
     home = here / "home"
     home.mkdir(parents=True)
     shipped = Path(__file__).parents[2] / "dagster_project" / "dagster.celery.yaml"
@@ -210,12 +257,12 @@ def _celery(
                 launched = answer["data"]["launchPartitionBackfill"]
                 if launched["__typename"] != "LaunchBackfillSuccess":
                     raise RuntimeError(f"the backfill was not launched: {launched}")
-            wanted = len(load_pipeline(path).destinations)
-            runs = _wait(lambda: _finished(home, wanted), 1800, "the runs")
+            wanted = runs or len(load_pipeline(path).destinations)
+            ended = _wait(lambda: _finished(home, wanted), 1800, "the runs")
         finally:
             for proc in procs:
                 stop_process(proc)
-    failed = [run for run in runs if run.status != "SUCCESS"]
+    failed = [run for run in ended if run.status != "SUCCESS"]
     if failed:
         errors = [
             line
@@ -224,8 +271,8 @@ def _celery(
             if any(word in line for word in ("Error", "ERROR", "Refused", "RUN_FAILURE"))
         ]
         raise RuntimeError(f"{len(failed)} runs did not succeed: " + "\n".join(errors[-15:]))
-    starts = [run.start for run in runs if run.start is not None]
-    ends = [run.end for run in runs if run.end is not None]
+    starts = [run.start for run in ended if run.start is not None]
+    ends = [run.end for run in ended if run.end is not None]
     return float(max(ends) - min(starts))
 
 

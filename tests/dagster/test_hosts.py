@@ -2,7 +2,9 @@
 worker`) each in its own UTS namespace (its own host name), working and temporary directories,
 all sharing a PostgreSQL Dagster instance, a PostgreSQL warehouse and state, and the RabbitMQ
 broker. A backfill of three destinations lands on both workers; one worker is SIGKILLed while
-its run has requests out. Per destination and partition: every row delivered or filtered, Fuul
+its run has requests out, and the broker goes down for a few seconds (every
+connection of the daemon and the workers cut, through a relay) while the other host's run is
+out. Per destination and partition: every row delivered or filtered, Fuul
 never doubled, extra copies within what was reported in doubt; the killed run failed and its
 retry succeeded; no lease or pool slot left held."""
 
@@ -35,6 +37,7 @@ from etl.runner import run_backfill
 from etl.sandbox import SANDBOX_CREDENTIALS, start_sandbox
 from etl.state import existing_store
 from tests.conftest import POSTGRES_URL, VENDOR_DESTINATIONS, require_postgres, warehouse_of
+from tests.dagster.relay import Relay
 from tests.dagster.test_ui_end_to_end import LAUNCH, Ui, free_port, wait_for_webserver
 from tests.integration.scenario import RECENT_END, canonical
 
@@ -45,6 +48,7 @@ ROOT = Path(__file__).parents[2]
 DAYS = 4
 FIRST = RECENT_END - timedelta(days=DAYS)
 VENDORS = ("fuul", "thrivestack", "airship")
+OUTAGE = 3.0  # seconds the broker is down
 DEADLINE = 240.0
 
 
@@ -159,6 +163,7 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
     require_broker()
     require_namespaces()
     sandbox = start_sandbox(time_scale=1e6)
+    relay = Relay(BROKER)  # the broker as every host sees it
     for vendor in VENDORS:
         sandbox.sandbox.set_faults(vendor, latency_ms=100)  # a run lasts seconds: killed mid-run
     procs: list[subprocess.Popen] = []
@@ -173,7 +178,7 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
             **os.environ,
             **SANDBOX_CREDENTIALS,
             "DAGSTER_PG_URL": dagster_pg,
-            "ETL_CELERY_BROKER": BROKER,
+            "ETL_CELERY_BROKER": relay.url,
             "ETL_CELERY_QUEUE": f"etl_test_{uuid.uuid4().hex[:8]}",
             "ETL_PIPELINE": str(pipeline),
         }
@@ -239,6 +244,10 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
                 victim = wait_until("a run sending from etl-w1", sending_on_w1, logs=logs)
                 os.killpg(workers["etl-w1"].pid, signal.SIGKILL)  # the host goes down
                 workers["etl-w1"].wait(timeout=10)
+                relay.down()  # and the broker restarts meanwhile: every connection cut
+                time.sleep(OUTAGE)
+                relay.up()
+                assert relay.dropped > 0
 
                 def settled() -> list[dg.DagsterRun] | None:
                     found = runs()
@@ -284,6 +293,7 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
             for proc in procs:
                 stop_process(proc)
             sandbox.stop()
+            relay.close()
 
 
 def expected_names(pipeline: Path) -> list[str]:

@@ -48,11 +48,14 @@ def test_429s_are_honoured(tmp_path, warehouse, sandbox, clock, vendor, caplog):
     )
     report = run(path, clock)
     assert report.ok
-    # a limit said to count in windows: the first refusal at the pace spaces the rest one at a
-    # time, and says so once; refused one at a time, the limit is too high: said once too
+    # paced by windows (said so, or above 50 requests/s), the first refusal at the pace spaces
+    # the rest one at a time, said once; refused one at a time, the slack widens (at most once
+    # a window, each said), and at its widest the limit is too high: said once
     tightened = caplog.text.count("refused (429) at the configured pace: from now on")
+    widened = caplog.text.count("refused (429) with requests one at a time: from now on")
     too_high = caplog.text.count("lower the limit")
-    assert (tightened, too_high) in ([(1, 0), (1, 1)] if vendor == "torque" else [(0, 1)])
+    assert tightened == (0 if vendor == "thrivestack" else 1)  # 40/s: one at a time already
+    assert too_high <= 1 and widened <= 3 and widened + too_high >= 1
     assert report.destinations[0].total("throttled") > 0
     assert sandbox.sandbox.stats[vendor]["throttled"] == report.destinations[0].total("throttled")
     assert assert_delivered(path, sandbox, vendor) == (0, 0)  # a 429 stores nothing

@@ -288,3 +288,16 @@ def test_paced_requests_never_overfill_a_vendor_window_despite_arrival_jitter(re
             slot = int((t + phase) // seconds)
             counts[slot] = counts.get(slot, 0) + 1
         assert max(counts.values()) <= requests
+
+
+def test_refused_one_at_a_time_the_slack_doubles_up_to_a_quarter_of_the_interval():
+    from etl.config import RateLimit
+
+    limit = RateLimit(requests=20, per_seconds=1)
+    steps = [limit.strict_spacing]
+    while (wider := limit.widened(steps[-1])) is not None:
+        steps.append(wider)
+    assert steps == pytest.approx([0.053, 0.056, 0.062, 0.0625])  # slack 3, 6, 12 ms, the cap
+    # a window limit tightened to the strict spacing widens from there
+    windows = RateLimit(requests=10, per_seconds=1, strict=False)
+    assert windows.widened(windows.strict_spacing) == pytest.approx(0.1 + 0.006)
