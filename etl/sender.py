@@ -360,6 +360,8 @@ class Sender:
             if not tightened:
                 self._refused_when_paced()
             else:
+                with self._told:  # the refusals of the requests already out widen nothing
+                    self._widened_at = self._clock()
                 log.warning(
                     "%s: refused (429) at the configured pace: from now on its requests leave "
                     "one at a time, %.0f ms apart%s, as a vendor bucket that banks nothing needs "
