@@ -129,14 +129,14 @@ class RateLimit(_Model):
 
     @property
     def spacing(self) -> float:
-        """For a strict vendor (a token bucket that banks nothing), the seconds between two
-        requests as they really leave: :attr:`strict_spacing`. 0 otherwise."""
+        """Requests one at a time (``strict``, or its default): the seconds between two as
+        they really leave, :attr:`strict_spacing`. 0 otherwise (the window's rule alone)."""
         return self.strict_spacing if self.one_at_a_time else 0.0
 
     def widened(self, spacing: float) -> float | None:
         """After a refusal of requests already ``spacing`` apart: the spacing with twice its
         slack over the interval (a process that sends late, or a vendor's own jitter, took
-        more than the slack), at most the interval + WIDEST; None if it is there already."""
+        more than the slack), at most the interval x (1 + WIDEST); None if it is there."""
         interval = self.per_seconds / self.requests / (1 - self.share)
         wider = min(interval + 2 * max(spacing - interval, self.jitter), interval * (1 + WIDEST))
         return wider if wider > spacing + 1e-9 else None

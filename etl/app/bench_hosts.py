@@ -136,7 +136,7 @@ def _strict_across_hosts(
     sandbox.reset()
     rate = limit["requests"] / limit["per_seconds"]
     sandbox.faults(STRICT_VENDOR, bucket_per_s=rate, bucket_burst=1)
-    _celery(directory, path, sandbox.url, schema, 2, first, last, warehouse, runs=2, tag="strict")
+    _celery(directory, path, sandbox.url, schema, 2, first, last, warehouse, tag="strict")
     arrivals = sandbox.arrivals(STRICT_VENDOR)
     return {
         "hosts_strict_requests": len(arrivals),
@@ -215,11 +215,10 @@ def _celery(
     first: date,
     last: date,
     warehouse: str,
-    runs: int = 0,
     tag: str = "",
 ) -> float:
-    """dagster dev and ``workers`` workers: a backfill per destination; the wall time from the
-    first run's start to the last run's end (of ``runs`` runs, by default one a destination)."""
+    """dagster dev and ``workers`` workers: a backfill per destination (one run each); the wall
+    time from the first run's start to the last run's end."""
     tag = tag or f"w{workers}"
     path = _with_state(pipeline, schema, tag)
     here = directory / f"hosts_{tag}"
@@ -257,7 +256,7 @@ def _celery(
                 launched = answer["data"]["launchPartitionBackfill"]
                 if launched["__typename"] != "LaunchBackfillSuccess":
                     raise RuntimeError(f"the backfill was not launched: {launched}")
-            wanted = runs or len(load_pipeline(path).destinations)
+            wanted = len(load_pipeline(path).destinations)
             ended = _wait(lambda: _finished(home, wanted), 1800, "the runs")
         finally:
             for proc in procs:
