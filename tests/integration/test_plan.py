@@ -53,5 +53,6 @@ def test_plan_command(tmp_path, warehouse, sandbox):
     out = result.output
     assert "fuul_rewards (fuul): 600 rows" in out
     assert "parameter score (column score): not a number" in out
-    assert "estimated" in out and "at 10 requests per 60 s" in out
+    # Fuul's published limit, one request at a time (the default): 6 s + 3 ms apart
+    assert "estimated" in out and "at 10 requests per 60 s, one at a time 6.003 s apart" in out
     assert config.start_date.isoformat() in out  # the per-partition lines
