@@ -42,7 +42,7 @@ from dagster._core.launcher import (
 )
 from dagster._grpc.types import ExecuteRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, pack_value, unpack_value
-from kombu import Exchange, Queue
+from kombu import Connection, Exchange, Queue
 from sqlalchemy.engine import make_url
 
 import dagster_project
@@ -74,6 +74,13 @@ def shown_url(url: str) -> str:
     except Exception:  # not an SQLAlchemy-shaped URL: keep scheme and host only
         scheme, _, rest = url.partition("://")
         return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+def delete_queue(broker: str, queue: str) -> None:
+    """Delete a deployment's queue from the broker, if the broker is reachable (a scratch
+    deployment's, at its end)."""
+    with suppress(Exception), Connection(broker, connect_timeout=5) as conn:
+        conn.default_channel.queue_delete(queue)
 
 
 def make_celery(broker: str, queue: str) -> Celery:

@@ -41,7 +41,13 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import make_url
 
-from dagster_project.hosts import backfill_runs, create_storage
+from dagster_project.hosts import (
+    BROKER_ENV,
+    DEFAULT_BROKER,
+    backfill_runs,
+    create_storage,
+    delete_queue,
+)
 from etl.app.demo.data import create_warehouse
 from etl.app.demo.run import write_pipeline
 from etl.database import make_engine
@@ -226,13 +232,14 @@ def _celery(
     home.mkdir(parents=True)
     shipped = Path(__file__).parents[2] / "dagster_project" / "dagster.celery.yaml"
     shutil.copyfile(shipped, home / "dagster.yaml")
-    with scratch_database(warehouse) as dagster_pg:
+    broker = os.environ.get(BROKER_ENV) or DEFAULT_BROKER
+    with scratch_database(warehouse) as dagster_pg, scratch_queue(broker, "etl_bench") as queue:
         env = {
             **_env(sandbox),
             "DAGSTER_HOME": str(home),
             "DAGSTER_PG_URL": dagster_pg,
             "ETL_PIPELINE": str(path),
-            "ETL_CELERY_QUEUE": f"etl_bench_{secrets.token_hex(4)}",
+            "ETL_CELERY_QUEUE": queue,
         }
         os.environ["DAGSTER_PG_URL"] = dagster_pg
         create_storage(home)  # its tables, before any host starts
@@ -279,6 +286,17 @@ def _finished(home: Path, wanted: int) -> list[Any] | None:
     """The backfills' runs, once there are ``wanted`` and every one of them ended."""
     runs = backfill_runs(home)
     return runs if len(runs) >= wanted and all(run.ended for run in runs) else None
+
+
+@contextmanager
+def scratch_queue(broker: str, prefix: str) -> Iterator[str]:
+    """A queue name of its own for a deployment's runs; the queue is deleted from the broker
+    afterwards (if the broker is still there)."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    try:
+        yield name
+    finally:
+        delete_queue(broker, name)
 
 
 @contextmanager

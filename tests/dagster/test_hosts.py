@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -30,7 +29,7 @@ import yaml
 from kombu import Connection
 
 from dagster_project.hosts import TASK_ID_TAG, WORKER_TAG
-from etl.app.bench_hosts import scratch_database, start_program, stop_process
+from etl.app.bench_hosts import scratch_database, scratch_queue, start_program, stop_process
 from etl.loader import load_pipeline
 from etl.run_context import RunOptions
 from etl.runner import run_backfill
@@ -170,6 +169,7 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
     with (
         warehouse_of("postgresql", tmp_path) as warehouse,
         scratch_database(POSTGRES_URL, "etl_hosts") as dagster_pg,
+        scratch_queue(BROKER, "etl_test") as queue,
     ):
         warehouse.fill(2_000, days=DAYS, end=RECENT_END)
         pipeline = tmp_path / "pipeline.yaml"
@@ -179,7 +179,7 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
             **SANDBOX_CREDENTIALS,
             "DAGSTER_PG_URL": dagster_pg,
             "ETL_CELERY_BROKER": relay.url,
-            "ETL_CELERY_QUEUE": f"etl_test_{uuid.uuid4().hex[:8]}",
+            "ETL_CELERY_QUEUE": queue,
             "ETL_PIPELINE": str(pipeline),
         }
         main = tmp_path / "main"
