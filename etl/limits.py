@@ -122,6 +122,12 @@ class RateLimit(_Model):
         return self.requests / self.window
 
     @property
+    def slot_seconds(self) -> float:
+        """The seconds between two requests' slots at this pace: the interval, or the spacing
+        when they leave one at a time."""
+        return max(1 / self.per_second, self.spacing)
+
+    @property
     def guard_window(self) -> tuple[int, float]:
         """No more than ``requests`` leave in this many seconds, measured when they leave (see
         etl.ratelimit)."""

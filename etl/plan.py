@@ -94,7 +94,7 @@ class DestinationPlan:
     @property
     def seconds(self) -> float:
         """The time the rate limit alone needs for the requests (no retries, no latency)."""
-        return self.total("requests") * max(1 / self.rate.per_second, self.rate.spacing)
+        return self.total("requests") * self.rate.slot_seconds
 
 
 @dataclass

@@ -94,6 +94,11 @@ class TokenBucket:
                 self._left = self._clock() + (self._spacing if opens else 0.0)
         return waited
 
+    @property
+    def spacing(self) -> float:
+        """The seconds two requests leave apart at least (0: the window's rule alone)."""
+        return self._spacing
+
     def tighten(self, spacing: float) -> bool:
         """Space requests at least ``spacing`` apart as they really leave, with no burst, from
         now on (after a refusal at the configured pace); False if they were already."""

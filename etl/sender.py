@@ -127,7 +127,6 @@ class Sender:
         self._fatal: DeliveryError | None = None
         self._told = threading.Lock()  # the spacing widened after refusals, said once each
         self._told_pace = False
-        self._spacing = self.rate.strict_spacing  # as widened after refusals
         self._widened_at = float("-inf")  # when, on timing's clock
         self._clock = timing.clock
         if session is None:
@@ -311,15 +310,15 @@ class Sender:
             now = self._clock()
             if now - self._widened_at < self.rate.per_seconds:
                 return
-            wider = self.rate.widened(self._spacing)
+            wider = self.rate.widened(self.bucket.spacing)
             if wider is not None:
-                self._spacing, self._widened_at = wider, now
+                self.bucket.tighten(wider)
+                self._widened_at = now
             elif self._told_pace:
                 return
             else:
                 self._told_pace = True
         if wider is not None:
-            self.bucket.tighten(wider)
             if self.shared is not None:
                 self.shared.tighten(wider)
             log.warning(
@@ -335,7 +334,7 @@ class Sender:
             "apart: the vendor allows less than %s.rate_limit (%d per %gs); each refusal waits "
             "its Retry-After, lower the limit",
             self.destination,
-            self._spacing * 1000,
+            self.bucket.spacing * 1000,
             f"destinations.{self.destination}",
             self.rate.requests,
             self.rate.per_seconds,

@@ -68,8 +68,7 @@ class SharedBucket:
         self.engine = engine
         self.table = table
         self.key = budget_key(endpoint, credential)
-        # one interval a slot, or (one request at a time) the spacing as they really leave
-        self.interval = max(1.0 / limit.per_second, limit.spacing)
+        self.interval = limit.slot_seconds
         self._sleep = sleep
         c = table.c
         now: sa.ColumnElement[float]

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from kombu import Connection
 
-from dagster_project.hosts import TASK_ID_TAG, WORKER_TAG
+from dagster_project.hosts import TASK_ID_TAG, WORKER_TAG, create_storage
 from etl.app.bench_hosts import scratch_database, scratch_queue, start_program, stop_process
 from etl.loader import load_pipeline
 from etl.run_context import RunOptions
@@ -185,8 +185,7 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
         main = tmp_path / "main"
         home = instance_file(main / "home")
         monkeypatch.setenv("DAGSTER_PG_URL", dagster_pg)  # its tables, before any host starts
-        with dg.DagsterInstance.from_config(str(home)):
-            pass
+        create_storage(home)
         port = free_port()
         logs = [main / "daemon.log", tmp_path / "etl-w1" / "worker.log"]
         logs.append(tmp_path / "etl-w2" / "worker.log")
@@ -296,10 +295,6 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
             relay.close()
 
 
-def expected_names(pipeline: Path) -> list[str]:
-    return list(load_pipeline(pipeline).destinations)
-
-
 def assert_delivered_per_partition(pipeline: Path, sandbox: Any) -> None:
     """Per destination and partition: nothing missing, every checkpoint complete and balanced,
     extra copies within the partition's in-doubt count (none at Fuul); no lease held."""
@@ -324,7 +319,9 @@ def assert_delivered_per_partition(pipeline: Path, sandbox: Any) -> None:
                 assert extra[cp.partition] <= cp.in_doubt, (destination, cp.partition)
                 if vendor == "fuul":
                     assert extra[cp.partition] == 0, cp.partition
-        for destination in expected_names(pipeline):  # by the database's clock; a row of a
+        for destination in load_pipeline(
+            pipeline
+        ).destinations:  # by the database's clock; a row of a
             # run killed between closing a day and giving its lease back stays, expired
             assert not store.leases.held_by_others(destination), destination
     finally:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import requests
@@ -150,15 +151,26 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
         yield found
 
 
-def wait_for(ui: Ui, backfill: str) -> str | None:
+T = TypeVar("T")
+ENDED = ("SUCCESS", "FAILURE", "CANCELED")  # a run's final statuses
+
+
+def poll(fetch: Callable[[], T], done: Callable[[T], bool], every: float = 0.5) -> T:
+    """``fetch()`` again every ``every`` seconds until ``done`` says so, or 240 s passed:
+    the last value."""
     deadline = time.monotonic() + 240
-    status = None
-    while time.monotonic() < deadline:
-        status = ui.graphql(BACKFILL, id=backfill)["partitionBackfillOrError"]["status"]
-        if status not in ("REQUESTED", "CANCELING", "FAILING"):
-            break
-        time.sleep(1)
-    return status
+    while not done(value := fetch()) and time.monotonic() < deadline:
+        time.sleep(every)
+    return value
+
+
+def wait_for(ui: Ui, backfill: str) -> str | None:
+    """The backfill's status once the daemon no longer works on it."""
+    return poll(
+        lambda: ui.graphql(BACKFILL, id=backfill)["partitionBackfillOrError"]["status"],
+        lambda status: status not in ("REQUESTED", "CANCELING", "FAILING"),
+        every=1,
+    )
 
 
 LOCATIONS = "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
@@ -188,14 +200,8 @@ def run_of_day(ui: Ui, asset: str, day: str) -> str:
     }
     launched = ui.graphql(LAUNCH_RUN, params=params)["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
-    deadline = time.monotonic() + 240
-    status = None
-    while time.monotonic() < deadline:
-        status = ui.graphql(RUN, id=launched["run"]["runId"])["runOrError"]["status"]
-        if status in ("SUCCESS", "FAILURE", "CANCELED"):
-            break
-        time.sleep(0.5)
-    return status
+    run_id = launched["run"]["runId"]
+    return poll(lambda: ui.graphql(RUN, id=run_id)["runOrError"]["status"], ENDED.__contains__)
 
 
 def test_backfill_launched_through_graphql(ui: Ui):
@@ -209,12 +215,10 @@ def test_backfill_launched_through_graphql(ui: Ui):
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
     backfill = launched["backfillId"]
     ui.backfills.append(backfill)  # marked COMPLETED at the daemon's next tick: the last test
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        runs = ui.graphql(RUNS, id=backfill)["runsOrError"]["results"]
-        if runs and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs):
-            break
-        time.sleep(0.5)
+    runs = poll(
+        lambda: ui.graphql(RUNS, id=backfill)["runsOrError"]["results"],
+        lambda found: bool(found) and all(r["status"] in ENDED for r in found),
+    )
     assert runs and {r["status"] for r in runs} == {"SUCCESS"}
     assert len(runs) == 1  # BackfillPolicy.multi_run(10): the three days in one run
     stored = ui.sandbox.sandbox.records["fuul"]
