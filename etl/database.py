@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, SQLAlchemyError
 
 from etl.errors import ReadOnlyDatabaseError, SourceError
 from etl.timestamps import text_to_epoch_us
@@ -22,15 +23,17 @@ _PRAGMAS = (
 )
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str | sa.URL) -> Engine:
     """An engine for a warehouse URL (SQLite, PostgreSQL, DuckDB, or any SQLAlchemy dialect)."""
     try:
-        # a file database has no connection to lose: no ping before each use
-        ping = make_url(url).get_backend_name() not in ("sqlite", "duckdb")
-        engine = sa.create_engine(url, pool_pre_ping=ping)
+        engine = sa.create_engine(url)
     except (SQLAlchemyError, ValueError, ImportError) as exc:
-        shown = url.split("@")[-1] if "@" in url else url
+        text = str(url)
+        shown = text.split("@")[-1] if "@" in text else text
         raise SourceError(f"cannot use warehouse URL ...{shown}: {exc}") from None
+    if engine.dialect.name not in ("sqlite", "duckdb"):  # a file has no connection to lose
+        sa.event.listen(engine, "checkout", _ping_if_idle(engine))
+        sa.event.listen(engine, "checkin", _idle_since)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_connection)
         database = engine.url.database
@@ -42,6 +45,37 @@ def make_engine(url: str) -> Engine:
     elif engine.dialect.name == "duckdb":
         sa.event.listen(engine, "connect", _duckdb_connection)
     return engine
+
+
+PING_AFTER_IDLE_SECONDS = 2.0
+
+
+def _ping_if_idle(engine: Engine) -> Callable[..., None]:
+    """Before a pooled connection is used: if it sat idle, is the server still there? (A
+    restarted server or a proxy that dropped it: the pool opens another.) SQLAlchemy's
+    ``pool_pre_ping`` asks before every use, a round trip per transaction (a run's partition
+    opens several); a connection handed back a moment ago is used as it is, and a statement on
+    one that broke since fails as any statement may."""
+
+    def ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle = record.info.get(_IDLE_SINCE)
+        if idle is not None and time.monotonic() - idle < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # gone: the pool throws it away and opens another
+            raise DisconnectionError(f"the connection was lost: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("the connection was lost")
+
+    return ping
+
+
+_IDLE_SINCE = "etl_idle_since"
+
+
+def _idle_since(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
 
 
 # collations that order text as its bytes (UTF-8 byte order is code point order)
@@ -63,17 +97,29 @@ def text_sorts_bytewise(engine: Engine, collation: str | None = None) -> bool:
     return collation.lower() in _BYTEWISE
 
 
-_RELAXED = sa.text("SET LOCAL synchronous_commit TO off")
-
-
-def relax_commit(conn: sa.Connection) -> None:
-    """This transaction's commit returns before PostgreSQL has flushed it to disk (elsewhere:
-    nothing changes). Only for state whose loss in a crash of the server equals a kill of the
+def relaxed_engine(engine: Engine) -> Engine:
+    """An engine whose commits return before PostgreSQL has flushed them to disk (elsewhere:
+    the engine itself). Only for state whose loss in a crash of the server equals a kill of the
     run just before it: a later durable commit flushes it too, in order (the log is one
     sequence), so it holds whenever anything sent after it holds. A write that must be on disk
-    before a request leaves is never relaxed."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(_RELAXED)
+    before a request leaves never goes through it. Its sessions are set so once, when each
+    connects (a ``SET LOCAL`` in each transaction cost a round trip each)."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    relaxed = make_engine(engine.url)
+    sa.event.listen(relaxed, "connect", _commit_without_flush)
+    return relaxed
+
+
+RELAXED = "etl_relaxed"  # in Connection.info: its commits are not flushed
+
+
+def _commit_without_flush(dbapi_connection: Any, record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET synchronous_commit TO off")
+    cursor.close()
+    dbapi_connection.commit()
+    record.info[RELAXED] = True
 
 
 def _sqlite_connection(dbapi_connection: Any, _record: Any) -> None:

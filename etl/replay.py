@@ -62,7 +62,7 @@ def replay_dead_letters(
     finally:
         store.leases.close()
         dispose(source.engine)
-        dispose(store.engine)
+        store.close()
     return report
 
 

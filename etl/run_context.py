@@ -88,7 +88,7 @@ class RunContext:
             out = None
             if options.dry_run is None:
                 store = open_store(config, source.engine)
-                stack.callback(dispose, store.engine)
+                stack.callback(store.close)
                 leases = store.leases
                 leases.heartbeat()
                 stack.callback(leases.close)

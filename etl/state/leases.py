@@ -26,7 +26,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from etl.database import relax_commit
 from etl.errors import LeaseHeldError
 from etl.state.ledger import now
 from etl.timing import REAL_TIME, Timing
@@ -66,10 +65,14 @@ class Leases:
         table: sa.Table,
         ttl: float = TTL_SECONDS,
         clock: Callable[[], float] | None = None,
+        relaxed: Engine | None = None,
     ) -> None:
         """``clock``: seconds since the epoch; by default the state database's (PostgreSQL's),
-        or this machine's for a SQLite file (one machine only)."""
+        or this machine's for a SQLite file (one machine only). ``relaxed``: the engine that
+        takes and gives back leases, its commits not flushed to disk (see relaxed_engine):
+        lost with the server, they are leases of a run that died with it."""
         self.engine = engine
+        self.relaxed = relaxed or engine
         self.table = table
         self.ttl = ttl
         self.host = socket.gethostname()[:100]
@@ -133,8 +136,7 @@ class Leases:
     def _take(self, destination: str, partition: str) -> None:
         key = self._key(destination, partition)
         t = self.table.c
-        with self.engine.begin() as conn:
-            relax_commit(conn)  # lost with the server, it is a lease of a run that died with it
+        with self.relaxed.begin() as conn:
             row = conn.execute(sa.select(self.table).where(*key)).mappings().first()
             if row is None:
                 insert = sa.insert(self.table).values(
@@ -197,8 +199,7 @@ class Leases:
 
     def release(self, destination: str, partition: str) -> None:
         t = self.table.c
-        with self.engine.begin() as conn:
-            relax_commit(conn)
+        with self.relaxed.begin() as conn:
             conn.execute(
                 sa.delete(self.table).where(
                     *self._key(destination, partition), t.holder == self.holder

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from etl.config import PipelineConfig
-from etl.database import dispose, make_engine, relax_commit, safe_url
+from etl.database import dispose, make_engine, relaxed_engine, safe_url
 from etl.errors import ConfigError, StateDatabaseError
 from etl.events import Batch, DeadLetter
 from etl.state.checkpoint import Checkpoint
@@ -42,6 +42,7 @@ class StateStore:
         if schema and engine.dialect.name == "sqlite":
             raise ConfigError("state.schema: SQLite has no schemas; use state.table_prefix")
         self.engine = engine
+        self.relaxed = relaxed_engine(engine)  # see _writing
         self.schema = schema
         self.metadata = sa.MetaData()
         self.tables = state_tables(self.metadata, prefix, schema)
@@ -53,7 +54,7 @@ class StateStore:
 
         self.log = DeliveryLog(engine, self.tables)
         self.ledger = Ledger(self.tables, self.log)
-        self.leases = Leases(engine, self.tables.leases, ttl=lease_seconds)
+        self.leases = Leases(engine, self.tables.leases, ttl=lease_seconds, relaxed=self.relaxed)
 
     def ensure(self) -> None:
         """Create the schema and the tables where they are absent, and the columns and indexes
@@ -74,6 +75,8 @@ class StateStore:
                 time.sleep(0.2 * (attempt + 1))
 
     def close(self) -> None:
+        if self.relaxed is not self.engine:
+            self.relaxed.dispose()
         dispose(self.engine)
 
     @contextmanager
@@ -81,13 +84,11 @@ class StateStore:
         """A transaction that records progress; a database that refuses it is named, with why.
         One at a time in this process: the run's threads queue here rather than in SQLite's
         busy handler, which sleeps milliseconds at a time. ``relaxed``: its loss in a crash of
-        the database server is that of a kill of the run just before it (see relax_commit);
+        the database server is that of a kill of the run just before it (see relaxed_engine);
         on PostgreSQL it then costs no flush to disk of its own (1.2 ms here)."""
         with self._write_lock:
             try:
-                with self.engine.begin() as conn:
-                    if relaxed:
-                        relax_commit(conn)
+                with (self.relaxed if relaxed else self.engine).begin() as conn:
                     yield conn
             except OperationalError as exc:
                 raise refused(exc, safe_url(self.engine)) from exc

@@ -325,4 +325,4 @@ def assert_delivered_per_partition(pipeline: Path, sandbox: Any) -> None:
             # run killed between closing a day and giving its lease back stays, expired
             assert not store.leases.held_by_others(destination), destination
     finally:
-        store.engine.dispose()
+        store.close()
