@@ -111,6 +111,24 @@ def relaxed_engine(engine: Engine) -> Engine:
     return relaxed
 
 
+def inserts_if_absent(dialect: sa.Dialect) -> bool:
+    """Whether :func:`insert_if_absent` works here (PostgreSQL, SQLite 3.35 and later)."""
+    return dialect.name in ("postgresql", "sqlite") and bool(dialect.insert_returning)
+
+
+def insert_if_absent(
+    conn: sa.Connection, table: sa.Table, values: dict[str, Any]
+) -> sa.RowMapping | None:
+    """Insert a row unless its key is taken, in one statement: the row as inserted, or None
+    (a conflict neither raises nor aborts the transaction). Ask :func:`inserts_if_absent`
+    first."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = module.insert(table).values(**values).on_conflict_do_nothing().returning(*table.c)
+    return conn.execute(stmt).mappings().first()
+
+
 RELAXED = "etl_relaxed"  # in Connection.info: its commits are not flushed
 
 

@@ -14,7 +14,6 @@ import sys
 import time
 from collections import Counter, deque
 from contextlib import closing, suppress
-from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -34,6 +33,7 @@ from etl.sender import open_sender
 from etl.sink import BatchSink, DeliverySink, DryRunSink
 from etl.state import Checkpoint
 from etl.state.ledger import Acknowledged
+from etl.state.store import Verdict
 from etl.statuses import Mode, PartitionStatus, RunEnd
 
 
@@ -258,32 +258,32 @@ class DestinationRun:
             return
         del self.tasks[task.key]
         task.report.seconds = time.monotonic() - task.started
-        store, name = self.run.store, self.name
+        store = self.run.store
         if store is None:  # a dry run
             self.closed(task.report)
             return
-        problem = reconcile(self.target, self.run.source, store, task)
-        if problem is not None and task.mode is not Mode.RECHECK and not task.rechecked:
+
+        def verdict(problem: str | None) -> Verdict:
+            if problem is not None and task.mode is not Mode.RECHECK and not task.rechecked:
+                return None, problem  # re-checked in this run: no status yet
+            return (
+                PartitionStatus.COMPLETE if problem is None else PartitionStatus.UNBALANCED
+            ), problem
+
+        status, problem = reconcile(self.target, self.run.source, store, task, verdict)
+        if status is None:
             cp = task.report.checkpoint  # as reconcile read it
             again = PartitionTask(task.day, Mode.RECHECK, cp, rechecked=True)
             again.report = task.report
             again.report.mode = Mode.RECHECK
             self.queue.append(again)
-        else:
-            status = PartitionStatus.COMPLETE if problem is None else PartitionStatus.UNBALANCED
-            store.finish(name, task.key, status, problem)
-            task.report.status, task.report.error = status, problem
-            if task.report.checkpoint is not None:
-                task.report.checkpoint = replace(
-                    task.report.checkpoint, status=status, error=problem
-                )
-            self.closed(task.report)
-            if problem:
-                self.run.complain(problem)
-            elif self.progress is not None:
-                self.progress.partition(task.report)
-        if self.run.leases is not None:
-            self.run.leases.release(name, task.key)
+            return
+        task.report.status, task.report.error = status, problem
+        self.closed(task.report)
+        if problem:
+            self.run.complain(problem)
+        elif self.progress is not None:
+            self.progress.partition(task.report)
 
     def closed(self, report: PartitionReport) -> None:
         """A partition is done with in this run (closed, or left open by a stop)."""
@@ -311,14 +311,13 @@ class DestinationRun:
 
     def _leave_open(self, saved: PartitionStatus, error: str | None) -> None:
         store, name = self.run.store, self.name
+        left: Verdict = (saved, error and error[:2000])
         for task in list(self.tasks.values()):
-            if store is not None:
-                with suppress(EtlError):
-                    store.finish(name, task.key, saved, error and error[:2000])
             task.report.status, task.report.error = saved, error
             if store is not None:
                 with suppress(EtlError):
-                    task.report.checkpoint = store.load(name, task.key)
+                    cp, _ = store.close_partition(name, task.key, lambda _: left)
+                    task.report.checkpoint = cp
             self.closed(task.report)
         self.tasks.clear()
         self.queue.clear()

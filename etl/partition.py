@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
@@ -33,6 +34,7 @@ from etl.source import Source
 from etl.state import Checkpoint, StateStore
 from etl.state.deliveries import Entry
 from etl.state.ledger import payload_hash
+from etl.state.store import Verdict
 from etl.statuses import Mode, Outcome, PartitionStatus
 from etl.windows import partition_key
 
@@ -179,20 +181,33 @@ def close_recheck(
 
 
 def reconcile(
-    target: Destination, source: Source, store: StateStore, task: PartitionTask
-) -> str | None:
+    target: Destination,
+    source: Source,
+    store: StateStore,
+    task: PartitionTask,
+    verdict: Callable[[str | None], Verdict],
+) -> Verdict:
     """Check the partition: read = delivered + dead letters + filtered, and the source holds
-    as many rows as were read (less those deleted since). Returns None, or what is wrong."""
+    as many rows as were read (less those deleted since). ``verdict`` turns what is wrong (or
+    None) into the status to record; in one transaction with reading the checkpoint, the
+    status is recorded and the partition's lease given back. Returns the verdict."""
     if task.mode is Mode.RECHECK:
         gone, doubled = close_recheck(target, source, store, task)
         store.count_changes(target.name, task.key, gone, len(task.changed_rows), doubled)
-    cp = store.load(target.name, task.key)
-    assert cp is not None
+    in_window = source.count_partition(task.day)  # this run holds the partition: cp is settled
+
+    def judge(cp: Checkpoint) -> Verdict:
+        return verdict(_problem(target.name, task.key, cp, in_window))
+
+    cp, (status, problem) = store.close_partition(target.name, task.key, judge)
     task.report.checkpoint = cp
     task.report.deleted, task.report.moved = cp.deleted, cp.moved
     task.report.changed = cp.changed
     task.report.cursor = _cursor_text(cp.cursor)
-    in_window = source.count_partition(task.day)
+    return status, problem
+
+
+def _problem(name: str, key: str, cp: Checkpoint, in_window: int) -> str | None:
     problems = []
     if not cp.balanced:
         problems.append(
@@ -206,7 +221,7 @@ def reconcile(
         )
     if not problems:
         return None
-    return f"{target.name} {task.key}: accounting does not balance: " + "; ".join(problems)
+    return f"{name} {key}: accounting does not balance: " + "; ".join(problems)
 
 
 def _cursor_text(cursor: Position | None) -> str | None:

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from etl.database import insert_if_absent, inserts_if_absent
 from etl.errors import LeaseHeldError
 from etl.state.ledger import now
 from etl.timing import REAL_TIME, Timing
@@ -136,13 +137,14 @@ class Leases:
     def _take(self, destination: str, partition: str) -> None:
         key = self._key(destination, partition)
         t = self.table.c
+        new = {"destination": destination, "partition": partition, **self._values()}
         with self.relaxed.begin() as conn:
+            free = inserts_if_absent(conn.dialect)  # most often: then one statement
+            if free and insert_if_absent(conn, self.table, new) is not None:
+                return
             row = conn.execute(sa.select(self.table).where(*key)).mappings().first()
             if row is None:
-                insert = sa.insert(self.table).values(
-                    destination=destination, partition=partition, **self._values()
-                )
-                conn.execute(insert)
+                conn.execute(sa.insert(self.table).values(**new))
                 return
             if row["holder"] == self.holder or self._ended_here(row["holder"]):
                 passed = t.holder == row["holder"]
@@ -198,13 +200,15 @@ class Leases:
         )
 
     def release(self, destination: str, partition: str) -> None:
-        t = self.table.c
         with self.relaxed.begin() as conn:
-            conn.execute(
-                sa.delete(self.table).where(
-                    *self._key(destination, partition), t.holder == self.holder
-                )
-            )
+            self.give_back(conn, destination, partition)
+
+    def give_back(self, conn: sa.Connection, destination: str, partition: str) -> None:
+        """Release the lease in the caller's transaction (if it fails, the lease is no longer
+        renewed: it passes after ``ttl``)."""
+        t = self.table.c
+        key = self._key(destination, partition)
+        conn.execute(sa.delete(self.table).where(*key, t.holder == self.holder))
         with self._lock:
             self.held.discard((destination, partition))
 

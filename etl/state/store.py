@@ -6,7 +6,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,7 +15,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from etl.config import PipelineConfig
-from etl.database import dispose, make_engine, relaxed_engine, safe_url
+from etl.database import (
+    dispose,
+    insert_if_absent,
+    inserts_if_absent,
+    make_engine,
+    relaxed_engine,
+    safe_url,
+)
 from etl.errors import ConfigError, StateDatabaseError
 from etl.events import Batch, DeadLetter
 from etl.state.checkpoint import Checkpoint
@@ -26,6 +33,7 @@ from etl.state.migrate import add_missing_columns, add_missing_indexes, missing_
 from etl.state.tables import ADVANCED, state_tables
 from etl.statuses import BatchStatus, PartitionStatus
 
+Verdict = tuple[PartitionStatus | None, str | None]  # a status to record (or None), why
 MadeWith = tuple[str, str]  # what a partition's events are made with: fingerprint, settings JSON
 
 
@@ -109,9 +117,9 @@ class StateStore:
         status: PartitionStatus,
         made: MadeWith,
         error: str | None,
-    ) -> sa.Insert:
+    ) -> dict[str, Any]:
         at = now()
-        return sa.insert(self.checkpoints).values(
+        return dict(
             destination=destination,
             partition=partition,
             status=status,
@@ -144,7 +152,12 @@ class StateStore:
         but never acknowledged become in doubt. ``restart`` forgets the partition first.
         Returns its checkpoint, and whether it was new (then no batch of it exists)."""
         cp_key = self._key(self.checkpoints, destination, partition)
+        new = self._new_checkpoint(destination, partition, status, made, None)
         with self._writing(relaxed=True) as conn:  # lost: a partition not yet opened
+            if not restart and inserts_if_absent(conn.dialect):  # most often new: one statement
+                inserted = insert_if_absent(conn, self.checkpoints, new)
+                if inserted is not None:
+                    return Checkpoint.from_row(inserted), True
             row = conn.execute(sa.select(self.checkpoints).where(cp_key)).mappings().first()
             if row is not None and restart:
                 for table in (self.batches, self.dead, self.tables.deliveries, self.checkpoints):
@@ -152,7 +165,7 @@ class StateStore:
                 row = None
             created = row is None
             if created:
-                conn.execute(self._new_checkpoint(destination, partition, status, made, None))
+                conn.execute(sa.insert(self.checkpoints).values(**new))
             else:
                 conn.execute(
                     sa.update(self.checkpoints)
@@ -192,7 +205,8 @@ class StateStore:
             if conn.execute(sa.select(self.checkpoints.c.status).where(key)).first() is not None:
                 return
             skipped = PartitionStatus.SKIPPED
-            conn.execute(self._new_checkpoint(destination, partition, skipped, made, reason))
+            new = self._new_checkpoint(destination, partition, skipped, made, reason)
+            conn.execute(sa.insert(self.checkpoints).values(**new))
 
     def next_seq(self, destination: str, partition: str) -> int:
         stmt = sa.select(sa.func.max(self.batches.c.seq)).where(
@@ -202,26 +216,33 @@ class StateStore:
             last = conn.execute(stmt).scalar()
         return int(last or 0) + 1
 
-    def finish(
-        self,
-        destination: str,
-        partition: str,
-        status: PartitionStatus,
-        error: str | None,
-    ) -> None:
-        """The partition's status after a run."""
-        at = now()
-        with self._writing(relaxed=True) as conn:
-            conn.execute(
-                sa.update(self.checkpoints)
-                .where(self._key(self.checkpoints, destination, partition))
-                .values(
-                    status=status,
-                    error=error,
-                    updated_at=at,
-                    completed_at=at if status == PartitionStatus.COMPLETE else None,
+    def close_partition(
+        self, destination: str, partition: str, judge: Callable[[Checkpoint], Verdict]
+    ) -> tuple[Checkpoint, Verdict]:
+        """A run is done with a partition (all its answers committed): in one transaction, its
+        checkpoint is read, ``judge`` says which status to record (None: none, it is
+        re-checked) and why, the status is recorded, and the partition's lease is given back.
+        Returns the checkpoint as left, and the verdict."""
+        key = self._key(self.checkpoints, destination, partition)
+        with self._writing(relaxed=True) as conn:  # lost: the run's last partition not closed
+            row = conn.execute(sa.select(self.checkpoints).where(key)).mappings().one()
+            cp = Checkpoint.from_row(row)
+            status, error = verdict = judge(cp)
+            if status is not None:
+                at = now()
+                completed = at if status == PartitionStatus.COMPLETE else None
+                values = {"status": status, "error": error, "updated_at": at}
+                update = (
+                    sa.update(self.checkpoints).where(key).values(completed_at=completed, **values)
                 )
-            )
+                if conn.dialect.update_returning:  # the row as left, in the same statement
+                    row = conn.execute(update.returning(*self.checkpoints.c)).mappings().one()
+                else:
+                    conn.execute(update)
+                    row = conn.execute(sa.select(self.checkpoints).where(key)).mappings().one()
+                cp = Checkpoint.from_row(row)
+            self.leases.give_back(conn, destination, partition)
+        return cp, verdict
 
     def count_changes(
         self,

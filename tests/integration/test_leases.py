@@ -11,8 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from etl.errors import LeaseHeldError
-from etl.state import StateStore
+from etl.state import Checkpoint, StateStore
 from etl.state.leases import Leases
+from etl.statuses import PartitionStatus
 from tests.conftest import Warehouse
 from tests.fakes import FakeClock
 
@@ -116,3 +117,30 @@ def test_a_run_waits_for_a_lost_runs_lease_to_pass(store):
     assert 30.0 < clock() - started <= 30.0 + 2.0  # within one look of the lease passing
     assert (DESTINATION, DAY) in retry.held
     retry.close()
+
+
+@pytest.mark.parametrize(
+    "verdict", [(PartitionStatus.COMPLETE, None), (None, "rows added late: re-checked")]
+)
+def test_closing_a_partition_records_its_status_and_gives_its_lease_back_at_once(store, verdict):
+    """A partition a run is done with: its checkpoint read and judged, the status recorded and
+    the lease given back in one transaction; a re-check (no status) gives the lease back too."""
+    made = ("fingerprint", "{}")
+    store.leases.acquire(DESTINATION, DAY)
+    cp, fresh = store.start(DESTINATION, DAY, made)  # new: inserted in one statement
+    assert fresh and cp.status == PartitionStatus.RUNNING and cp.rows_read == 0
+    again, fresh = store.start(DESTINATION, DAY, made)  # there already: not new
+    assert not fresh and again.started_at == cp.started_at
+    seen: list[Checkpoint] = []
+
+    def judge(found: Checkpoint) -> tuple[PartitionStatus | None, str | None]:
+        seen.append(found)
+        return verdict
+
+    closed, said = store.close_partition(DESTINATION, DAY, judge)
+    assert said == verdict and seen[0].status == PartitionStatus.RUNNING
+    assert closed.status == (verdict[0] or PartitionStatus.RUNNING)
+    assert store.load(DESTINATION, DAY) == closed
+    assert (DESTINATION, DAY) not in store.leases.held
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(store.tables.leases)).first() is None
