@@ -230,6 +230,10 @@ class Ledger:
         delivered = set(result.delivered)
         vendor_dead = {i: (status, message) for i, status, message in result.dead}
         log = []
+        # one statement each for all the slices (a batch of small days holds hundreds)
+        acks: list[dict[str, object]] = []
+        advances: list[dict[str, object]] = []
+        counted: list[dict[str, object]] = []
         for index, (part, counts) in enumerate(zip(batch.slices, done.counts, strict=True)):
             keys = {"k_dest": destination, "k_part": part.partition}
             if part.end > part.start:
@@ -238,7 +242,7 @@ class Ledger:
                     "v_attempts": result.requests,
                     "v_status": result.last_status,
                 }
-                conn.execute(self._ack, {**keys, **ack, "v_now": at})
+                acks.append({**keys, **ack, "v_now": at})
             else:  # rows without a request: a ledger row all the same, that the log points to
                 conn.execute(self._insert_batch, _quiet_slice(destination, batch, part, at))
             dead = _dead_letters(destination, batch, part, vendor_dead)
@@ -263,9 +267,16 @@ class Ledger:
             advance["v_near_miss"] = near_miss_text(first_miss) if first_miss else None
             if part.partition not in done.hold_cursor:
                 cursor = {"v_cursor": encode_position(part.last)}
-                conn.execute(self._advance, {**keys, **cursor, "v_now": at, **advance})
+                advances.append({**keys, **cursor, "v_now": at, **advance})
             else:
-                conn.execute(self._count, {**keys, "v_now": at, **advance})
+                counted.append({**keys, "v_now": at, **advance})
+        for statement, rows in (
+            (self._ack, acks),
+            (self._advance, advances),
+            (self._count, counted),
+        ):
+            if rows:
+                conn.execute(statement, rows)
         conn.execute(self._insert_log, log)
 
 
