@@ -264,11 +264,11 @@ class DestinationRun:
             return
 
         def verdict(problem: str | None) -> Verdict:
-            if problem is not None and task.mode is not Mode.RECHECK and not task.rechecked:
+            if problem is None:
+                return PartitionStatus.COMPLETE, None
+            if task.mode is not Mode.RECHECK and not task.rechecked:
                 return None, problem  # re-checked in this run: no status yet
-            return (
-                PartitionStatus.COMPLETE if problem is None else PartitionStatus.UNBALANCED
-            ), problem
+            return PartitionStatus.UNBALANCED, problem
 
         status, problem = reconcile(self.target, self.run.source, store, task, verdict)
         if status is None:

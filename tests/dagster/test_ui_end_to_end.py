@@ -23,7 +23,7 @@ from dagster_project.demo import prepare_home
 from etl.app.bench_hosts import start_program, stop_process
 from etl.loader import load_pipeline
 from etl.sandbox import SANDBOX_CREDENTIALS, SandboxServer, start_sandbox
-from etl.state import existing_store
+from etl.state import Checkpoint, existing_store
 from tests.conftest import FAST, warehouse_of, write_pipeline
 from tests.dagster.conftest import FIRST
 from tests.integration.scenario import RECENT_END
@@ -223,15 +223,20 @@ def test_backfill_launched_through_graphql(ui: Ui):
     assert len(runs) == 1  # BackfillPolicy.multi_run(10): the three days in one run
     stored = ui.sandbox.sandbox.records["fuul"]
     assert stored and len({e["dedup_id"] for e in stored}) == len(stored)  # none twice
-    store = existing_store(load_pipeline(ui.pipeline))
-    assert store is not None
-    try:
-        cps = {cp.partition: cp for cp in store.checkpoints_of("fuul_rewards")}
-    finally:
-        store.close()
+    cps = checkpoints(ui, "fuul_rewards")
     for day in days:
         assert cps[day].status == "complete" and cps[day].balanced, cps[day]
     assert len(stored) == sum(cp.delivered for cp in cps.values())  # each event stored once
+
+
+def checkpoints(ui: Ui, destination: str) -> dict[str, Checkpoint]:
+    """The destination's checkpoints in the state tables, by partition."""
+    store = existing_store(load_pipeline(ui.pipeline))
+    assert store is not None
+    try:
+        return {cp.partition: cp for cp in store.checkpoints_of(destination)}
+    finally:
+        store.close()
 
 
 def chromium() -> str:
@@ -263,12 +268,7 @@ def test_partitions_in_headless_chromium(ui: Ui, tmp_path: Path):
     ui.sandbox.sandbox.set_faults("fuul", answer_status=404, answer_body="<html>")
     assert run_of_day(ui, "fuul_rewards", days[3]) == "FAILURE"
     ui.sandbox.sandbox.set_faults("fuul", answer_status=0)
-    store = existing_store(load_pipeline(ui.pipeline))
-    assert store is not None
-    try:
-        cps = {cp.partition: cp for cp in store.checkpoints_of("fuul_rewards")}
-    finally:
-        store.close()
+    cps = checkpoints(ui, "fuul_rewards")
     for day in days[:3]:
         page = page_text(
             browser, f"{ui.url}/assets/fuul_rewards?view=partitions&partition={day}", tmp_path
