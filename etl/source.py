@@ -73,6 +73,13 @@ class Source:
         if not self.windows.ranges and dialect == "postgresql":
             self.order_col = sa.collate(sa.type_coerce(ts, sa.String()) + "", "C")
 
+    @property
+    def reads_a_day_at_once(self) -> bool:
+        """Whether a partition is read by one query from its start to its end (mixed text on
+        PostgreSQL: see read_tuples): the rows it returns are the warehouse's own count of the
+        partition at that moment, as a COUNT would be (which would parse the day again)."""
+        return self.order_col is not self.ts_col
+
     def _check_columns(self, config: PipelineConfig) -> None:
         """The key and timestamp columns, then every destination's, exist; the error names the
         key of the pipeline file to fix."""

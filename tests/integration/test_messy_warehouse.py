@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import yaml
 from click.testing import CliRunner
 
@@ -278,3 +279,43 @@ def test_postgres_reads_text_in_the_source_zone(tmp_path, sandbox, clock):
         with engine.begin() as conn:
             conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_new_text_day_is_parsed_once_and_a_late_row_is_still_found(
+    tmp_path, sandbox, clock, monkeypatch
+):
+    """On PostgreSQL a new day of a text column is read by one query over the whole day: the
+    rows it returns are the warehouse's count of the day, which is not parsed a second time to
+    count it. A day re-checked for a row that came late is counted."""
+    require_postgres()
+    counted: list[object] = []
+    count = Source.count_partition
+    monkeypatch.setattr(
+        Source, "count_partition", lambda self, day: counted.append(day) or count(self, day)
+    )
+    with warehouse_of("postgresql", tmp_path) as warehouse:
+        rows = messy.messy_rows()
+        messy.create_messy_table(warehouse, rows)
+        path = pipeline(tmp_path, warehouse, sandbox.url)
+        assert run_range(path, clock).ok
+        assert counted == []  # every day new, each read at once
+        late_day = messy.START + timedelta(days=2)
+        late = {**rows[0], "id": len(rows) + 1, "action": "game_played"}
+        late["occurred_at"] = f"{late_day.isoformat()}T12:00:00Z"
+        engine = warehouse.engine()
+        with engine.begin() as conn:
+            conn.execute(
+                sa.insert(sa.table("user_actions", *map(sa.column, late), schema=warehouse.schema)),
+                late,
+            )
+        engine.dispose()
+        before = {cp.partition: cp for cp in store_of(path).checkpoints_of(DESTINATION)}
+        assert run_range(path, clock).ok
+        # the day re-checked, and counted (and the undated rows, which every run looks at)
+        assert [day for day in counted if day is not None] == [late_day]
+        after = {cp.partition: cp for cp in store_of(path).checkpoints_of(DESTINATION)}
+        day = late_day.isoformat()
+        assert after[day].rows_read == before[day].rows_read + 1
+        assert after[day].delivered == before[day].delivered + 1 and after[day].balanced
+        assert after[day].status == "complete"
