@@ -78,11 +78,13 @@ def warehouse_of(kind: str, tmp_path: Path) -> Iterator[Warehouse]:
         return
     require_postgres()
     schema = f"etl_test_{uuid.uuid4().hex[:10]}"
-    yield Warehouse("postgresql", POSTGRES_URL, schema)
-    engine = sa.create_engine(POSTGRES_URL)
-    with engine.begin() as conn:
-        conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
-    engine.dispose()
+    try:
+        yield Warehouse("postgresql", POSTGRES_URL, schema)
+    finally:  # a failed test's schema goes too
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.begin() as conn:
+            conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
