@@ -143,7 +143,7 @@ class RateLimit(_Model):
         """After a refusal of requests already ``spacing`` apart: the spacing with twice its
         slack over the interval (a process that sends late, or a vendor's own jitter, took
         more than the slack), at most the interval x (1 + WIDEST); None if it is there."""
-        interval = self.per_seconds / self.requests / (1 - self.share)
+        interval = self.margined_interval
         wider = min(interval + 2 * max(spacing - interval, self.jitter), interval * (1 + WIDEST))
         return wider if wider > spacing + 1e-9 else None
 
@@ -154,4 +154,9 @@ class RateLimit(_Model):
         set, else a strict limit's default: the spacing is of one request at a time)."""
         given = self.one_at_a_time and self.jitter_ms is not None
         jitter = self.jitter if given else SPACING_JITTER_MS / 1000
-        return self.per_seconds / self.requests / (1 - self.share) + jitter
+        return self.margined_interval + jitter
+
+    @property
+    def margined_interval(self) -> float:
+        """The seconds between two requests at this pace, with the margin's share kept."""
+        return self.per_seconds / self.requests / (1 - self.share)
