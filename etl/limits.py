@@ -47,8 +47,10 @@ class RateLimit(_Model):
     vendor's windows, whether it counts them in a sliding window, a fixed one or a bucket. An
     absolute slack costs a long window nothing (10 requests a minute: 0.005 %) and a short one
     little (5 requests a second, 2 in flight: 0.3 %), where a share of the window cost both 2 %.
-    A budget ``shared`` by processes keeps a share (2 % unless ``margin`` says otherwise): the
-    guard that holds a request back after a late one sees its own process's requests only.
+    A budget ``shared`` by processes that counts in windows keeps a share (2 % unless
+    ``margin`` says otherwise): the guard that holds a request back after a late one sees its
+    own process's requests only. One at a time, the spacing is kept across processes as the
+    requests really leave (etl.shared_budget), and no share is kept.
     """
 
     requests: int = Field(gt=0)
@@ -58,7 +60,8 @@ class RateLimit(_Model):
         default=None,
         ge=0,
         lt=1,
-        description="extra slack, as a share of the window (default 0; 0.02 when shared)",
+        description="extra slack, as a share of the window (default 0; 0.02 when shared and not "
+        "one at a time)",
     )
     jitter_ms: float | None = Field(
         default=None,
@@ -109,7 +112,7 @@ class RateLimit(_Model):
         """The slack as a share of the window: ``margin``, or its default."""
         if self.margin is not None:
             return self.margin
-        return SHARED_MARGIN if self.shared else 0.0
+        return SHARED_MARGIN if self.shared and not self.one_at_a_time else 0.0
 
     @property
     def window(self) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -230,11 +230,28 @@ class Sender:
         try:
             self.bucket.acquire()
             if self.shared is not None:
-                self.shared.acquire()
+                self.shared.acquire(self._opens_a_connection())
         except Interrupted:
             self.stopping.set()
         if self.stopping.is_set():
             raise Stopped() if result.requests else NotSent()
+
+    def _opens_a_connection(self) -> bool:
+        """Whether the next request will open a connection (and so reach the vendor later than
+        its leaving says): no pool of the session (one host: one pool) has an idle one for it
+        (urllib3's pool hands out the last put back; an unopened place is None). True when
+        the pools cannot be looked at."""
+        try:
+            adapter: Any = self.session.get_adapter(self.url)
+            pools = adapter.poolmanager.pools
+            for key in pools.keys():  # noqa: SIM118 (iterating it raises: not thread-safe)
+                pool = pools.get(key)
+                idle = pool.pool.queue if pool is not None and pool.pool is not None else ()
+                if idle and idle[-1] is not None:
+                    return False
+        except Exception:  # another adapter, a proxy manager: count it as opening
+            return True
+        return True
 
     def _attempt(self, body: bytes) -> tuple[Classified, int | None]:
         try:
@@ -414,7 +431,7 @@ def open_sender(
     shared = None
     if target.rate.shared and store is not None:
         shared = SharedBucket(
-            store.engine,
+            store.relaxed,  # a slot or a leaving lost in a crash of the server loses nothing
             store.rate_budget,
             target.url,
             credential_string(credentials),

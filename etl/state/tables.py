@@ -201,6 +201,13 @@ def _rate_budget(metadata: sa.MetaData, prefix: str, schema: str | None) -> sa.T
             server_default=sa.text("0"),
             comment="seconds between slots after a refusal at the pace (0: the limit's)",
         ),
+        sa.Column(
+            "last_left",
+            sa.Double,
+            nullable=False,
+            server_default=sa.text("0"),
+            comment="when the last request left, requests one at a time (seconds since the epoch)",
+        ),
         schema=schema,
     )
 

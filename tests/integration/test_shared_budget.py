@@ -9,6 +9,7 @@ real one, kept short by a sandbox that runs 60x faster: Fuul's 10 batch requests
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,7 +40,7 @@ FOUR = RateLimit(requests=LIMIT, per_seconds=WINDOW, margin=0.05, shared=True)
 
 
 @contextmanager
-def two_processes(database: str, tmp_path: Path, clock=None, credential="key-1"):
+def two_processes(database: str, tmp_path: Path, clock=None, credential="key-1", limit=RATE):
     """Two budgets on one state database, each with its own engine, as two processes have."""
     with warehouse_of(database, tmp_path) as warehouse:
         url = f"sqlite:///{tmp_path / 'state.db'}" if database == "sqlite" else warehouse.url
@@ -48,7 +49,12 @@ def two_processes(database: str, tmp_path: Path, clock=None, credential="key-1")
         try:
             yield [
                 SharedBucket(
-                    store.engine, store.rate_budget, "http://vendor/api", credential, RATE, clock
+                    store.engine,
+                    store.rate_budget,
+                    "http://vendor/api",
+                    credential,
+                    limit,
+                    clock,
                 )
                 for store in stores
             ]
@@ -79,11 +85,63 @@ def test_a_429_pauses_every_process(tmp_path: Path):
 
 def test_acquire_sleeps_until_the_slot(tmp_path: Path):
     now, slept = [1_000.0], []
-    with two_processes("sqlite", tmp_path, clock=lambda: now[0]) as (a, b):
+    windowed = RATE.model_copy(update={"strict": False})  # no spacing as they leave
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    with two_processes("sqlite", tmp_path, clock=lambda: now[0], limit=windowed) as (a, b):
         for bucket in (a, b, a):
-            bucket._sleep = slept.append
+            bucket._sleep = sleep
             bucket.acquire()
-    assert slept == pytest.approx([INTERVAL, 2 * INTERVAL])
+    interval = windowed.slot_seconds
+    assert slept == pytest.approx([interval, interval])
+
+
+def test_one_at_a_time_a_request_leaves_a_spacing_after_the_last_really_left(tmp_path: Path):
+    """A process woken late at its slot (by ``late``) sends that much later; the next
+    request, from the other process on time at its own slot, waits until it is a spacing
+    after it, and so does the one after that."""
+    now, late = [1_000.0], 0.005
+
+    def sleeper(oversleeps: float):
+        def sleep(seconds: float) -> None:
+            now[0] += seconds + oversleeps
+
+        return sleep
+
+    with two_processes("sqlite", tmp_path, clock=lambda: now[0]) as (a, b):
+        a._sleep, b._sleep = sleeper(late), sleeper(0.0)
+        left = []
+        for bucket in (a, b, a, b, b):
+            bucket.acquire()
+            left.append(now[0])
+    assert left == pytest.approx(
+        [1_000, 1_000 + INTERVAL, 1_000 + 2 * INTERVAL + late, 1_000 + 3 * INTERVAL + late,
+         1_000 + 4 * INTERVAL + late],
+        abs=1e-6,
+    )  # fmt: skip
+
+
+def test_a_request_that_opens_a_connection_keeps_the_next_one_more_spacing_away(
+    tmp_path: Path,
+):
+    now = [1_000.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with two_processes("sqlite", tmp_path, clock=lambda: now[0]) as (a, b):
+        a._sleep = b._sleep = sleep
+        left = []
+        for bucket, opens in ((a, True), (b, False), (b, True), (a, False)):
+            bucket.acquire(opens)
+            left.append(now[0])
+    # a opens (b's next waits 2 spacings), b reuses, b opens, a reuses
+    assert left == pytest.approx(
+        [1_000, 1_000 + 2 * INTERVAL, 1_000 + 3 * INTERVAL, 1_000 + 5 * INTERVAL], abs=1e-6
+    )
 
 
 @pytest.mark.postgres
@@ -96,6 +154,22 @@ def test_postgresql_slots_on_its_own_clock(tmp_path: Path):
         [i * INTERVAL for i in range(4)], abs=1e-6
     )
     assert abs(taken[0][1] - time.time()) < 5  # the database's clock, in seconds since the epoch
+
+
+@pytest.mark.postgres
+def test_postgresql_one_at_a_time_on_its_own_clock_as_the_request_leaves(tmp_path: Path):
+    """Two processes' requests leave at least the spacing apart on PostgreSQL's clock (read
+    when the statement runs): the second is told to wait what is left of it."""
+    fast = RateLimit(requests=500, per_seconds=1, strict=True, shared=True)  # 5 ms apart
+    waits: list[float] = []
+    with two_processes("postgresql", tmp_path, limit=fast) as (a, b):
+        b._sleep = waits.append  # sleeps nothing: b asks again until the spacing is past
+        a.acquire()
+        b._leave_after_the_last(opens=False)
+        with a.engine.connect() as conn:
+            left = conn.execute(sa.select(a.table.c.last_left)).scalar_one()
+    assert 0 < waits[0] <= fast.spacing + 1e-6
+    assert abs(left - time.time()) < 5  # PostgreSQL's clock, in seconds since the epoch
 
 
 def test_the_row_names_no_credential(tmp_path: Path):
@@ -184,11 +258,10 @@ def test_four_processes_stay_within_one_limit(tmp_path: Path, database: str):
                 assert sum(1 for u in arrivals[i : i + LIMIT + 1] if u < t + WINDOW) <= LIMIT
             # requests per second once the first window is past (a burst there would not count)
             rate = (len(arrivals) - 1 - LIMIT) / (arrivals[-1] - arrivals[LIMIT])
-            # Slots are evenly spaced at the paced rate, whichever process takes them: only the
-            # ends of the run cost a little.
-            assert rate >= 0.97 * FOUR.per_second, (
-                f"{rate:.2f} requests/s for a pace of {FOUR.per_second:.2f}"
-            )
+            # Slots are evenly spaced at the paced rate (one at a time: the spacing), whichever
+            # process takes them: only the ends of the run cost a little.
+            pace = 1 / FOUR.slot_seconds
+            assert rate >= 0.97 * pace, f"{rate:.2f} requests/s for a pace of {pace:.2f}"
             assert_delivered(path, server, "fuul")
     finally:
         server.stop()
@@ -212,3 +285,58 @@ def test_a_refusal_tightens_the_spacing_of_every_process(tmp_path: Path, databas
             1_000.0 + 2 * INTERVAL + 2 * spacing,
         ]
     )
+
+
+def test_a_sender_knows_whether_its_next_request_opens_a_connection(sandbox, clock):
+    """The pool is looked at over real HTTP: the first request opens a connection, the next
+    one (after the first came back) reuses it."""
+    from etl.config import DestinationConfig, SourceConfig
+    from etl.destination import Destination
+    from etl.sender import Sender
+    from etl.vendors.fuul import Fuul, FuulOptions
+    from tests.unit.test_batching_and_sender import event
+
+    config = DestinationConfig(
+        vendor="fuul",
+        base_url=sandbox.url + "/fuul/api/v1",
+        credentials={"api_key": "${FUUL_API_KEY}"},
+        mapping={"event_name": "played", "user": {"column": "wallet", "type": "evm_address"}},
+        rate_limit={"requests": 1000, "per_seconds": 1},
+    )
+    target = Destination.resolve("fuul", config, SourceConfig(url="sqlite://", table="t"))
+    credentials = {"api_key": SANDBOX_CREDENTIALS["FUUL_API_KEY"]}
+    sender = Sender(target, credentials, timing=clock.timing())
+    try:
+        assert sender._opens_a_connection()
+        payload = json.dumps(Fuul(FuulOptions()).encode(event(1))).encode()
+        assert sender.send([payload]).delivered == [0]
+        assert not sender._opens_a_connection()
+    finally:
+        sender.close()
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def test_a_budget_table_of_an_earlier_version_gains_the_leaving_column(
+    tmp_path: Path, database: str
+):
+    with warehouse_of(database, tmp_path) as warehouse:
+        url = f"sqlite:///{tmp_path / 'state.db'}" if database == "sqlite" else warehouse.url
+        store = StateStore(make_engine(url), "etl_", warehouse.schema)
+        store.ensure()
+        table = store.rate_budget
+        name = f"{table.schema}.{table.name}" if table.schema else table.name
+        with store.engine.begin() as conn:  # as an earlier version left it
+            conn.execute(sa.text(f"ALTER TABLE {name} DROP COLUMN last_left"))  # test's own name
+        store.close()
+        store = StateStore(make_engine(url), "etl_", warehouse.schema)
+        try:
+            store.ensure()
+            bucket = SharedBucket(store.engine, store.rate_budget, "http://vendor/api", "k", RATE)
+            bucket._sleep = lambda seconds: None
+            bucket.acquire()
+            with store.engine.connect() as conn:
+                assert conn.execute(sa.select(table.c.last_left)).scalar_one() > 0
+        finally:
+            store.close()
