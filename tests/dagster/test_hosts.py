@@ -1,12 +1,14 @@
 """Several hosts for real: the Dagster webserver and daemon on one, two Celery workers (`etl
 worker`) each in its own UTS namespace (its own host name), working and temporary directories,
 all sharing a PostgreSQL Dagster instance, a PostgreSQL warehouse and state, and the RabbitMQ
-broker. A backfill of three destinations lands on both workers; one worker is SIGKILLed while
-its run has requests out, and the broker goes down for a few seconds (every
-connection of the daemon and the workers cut, through a relay) while the other host's run is
-out. Per destination and partition: every row delivered or filtered, Fuul
-never doubled, extra copies within what was reported in doubt; the killed run failed and its
-retry succeeded; no lease or pool slot left held."""
+broker; the second host's wall clock is five minutes behind (wall_clock_offset.c). A backfill
+of three destinations lands on both workers; one worker is SIGKILLed while its run has requests
+out, and the broker goes down for a few seconds (every connection of the daemon and the workers
+cut, through a relay) while the other host's run is out; the killed run's retry runs on the
+host whose clock is behind, which takes over its leases by the database's clock. Per
+destination and partition: every row delivered or filtered, Fuul never doubled, extra copies
+within what was reported in doubt; the killed run failed and its retry succeeded; no lease or
+pool slot left held."""
 
 from __future__ import annotations
 
@@ -69,6 +71,29 @@ def require_namespaces() -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+SKEW = -300  # etl-w2's wall clock, seconds: five minutes behind the database's and the others'
+
+
+def wall_clock_offset(tmp: Path) -> Path:
+    """tests/dagster/wall_clock_offset.c built into a library to preload (gcc, as on every
+    machine of this kind)."""
+    if shutil.which("gcc") is None:
+        message = "a host with its clock off needs gcc to build wall_clock_offset.c"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    library = tmp / "wall_clock_offset.so"
+    source = Path(__file__).with_name("wall_clock_offset.c")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(source), "-ldl"], check=True)
+    return library
+
+
+def skewed(env: dict[str, str], library: Path) -> dict[str, str]:
+    """The environment of a host whose wall clock is SKEW seconds off, in every process it
+    starts (the monotonic clock, which sleeps and timeouts use, as it is)."""
+    return {**env, "LD_PRELOAD": str(library), "ETL_TEST_CLOCK_OFFSET": str(SKEW)}
 
 
 def instance_file(home: Path) -> Path:
@@ -161,6 +186,7 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
     require_postgres()
     require_broker()
     require_namespaces()
+    offset = wall_clock_offset(tmp_path)
     sandbox = start_sandbox(time_scale=1e6)
     relay = Relay(BROKER)  # the broker as every host sees it
     for vendor in VENDORS:
@@ -197,7 +223,8 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
                               "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT)
             )  # fmt: skip
             workers = {
-                name: start_host(name, tmp_path, env, pipeline) for name in ("etl-w1", "etl-w2")
+                "etl-w1": start_host("etl-w1", tmp_path, env, pipeline),
+                "etl-w2": start_host("etl-w2", tmp_path, skewed(env, offset), pipeline),
             }
             procs.extend(workers.values())
             ui = Ui(f"http://127.0.0.1:{port}", sandbox, pipeline)
