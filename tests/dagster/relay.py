@@ -1,6 +1,8 @@
-"""A TCP relay in front of the broker that can go down and come back: what the daemon and the
+"""A TCP relay in front of a server that can go down and come back: what the daemon and the
 workers see of a broker restart (every connection dropped, new ones refused, then accepted
-again on the same port), without restarting the broker other tests share."""
+again on the same port), without restarting the broker other tests share. It also puts a
+server of this machine's loopback (PostgreSQL, the broker) at an address that hosts in network
+namespaces reach (tests/dagster/network.py)."""
 
 from __future__ import annotations
 
@@ -11,23 +13,25 @@ from urllib.parse import urlsplit, urlunsplit
 
 
 class Relay:
-    def __init__(self, url: str) -> None:
-        """``url``: the broker's (``pyamqp://user:password@host:port/vhost``)."""
+    def __init__(self, url: str, listen: str = "127.0.0.1") -> None:
+        """``url``: the server's (``pyamqp://user:password@host:port/vhost``, a database URL);
+        ``listen``: the address the relay listens at, which ``.url`` names instead."""
         parts = urlsplit(url)
         self._target = (parts.hostname or "127.0.0.1", parts.port or 5672)
+        self._host = listen
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self.dropped = 0  # connections cut by down()
         self._server = self._listen(0)
         self._port = self._server.getsockname()[1]
         credentials = parts.netloc.rpartition("@")[0]
-        netloc = f"127.0.0.1:{self._port}"
+        netloc = f"{listen}:{self._port}"
         self.url = urlunsplit(
             parts._replace(netloc=f"{credentials}@{netloc}" if credentials else netloc)
         )
 
     def _listen(self, port: int) -> socket.socket:
-        server = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        server = socket.create_server((self._host, port), reuse_port=False)
         threading.Thread(target=self._accept, args=(server,), daemon=True).start()
         return server
 

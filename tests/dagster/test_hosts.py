@@ -1,6 +1,7 @@
 """Several hosts for real: the Dagster webserver and daemon on one, two Celery workers (`etl
-worker`) each in its own UTS namespace (its own host name), working and temporary directories,
-all sharing a PostgreSQL Dagster instance, a PostgreSQL warehouse and state, and the RabbitMQ
+worker`) each in its own network namespace (tests/dagster/network.py: its own address, the
+services reached at the bridge's) and UTS namespace (its own host name), working and temporary
+directories, all sharing a PostgreSQL Dagster instance, a PostgreSQL warehouse and state, and the RabbitMQ
 broker; the second host's wall clock is five minutes behind (wall_clock_offset.c). A backfill
 of three destinations lands on both workers; one worker is SIGKILLed while its run has requests
 out, and the broker goes down for a few seconds (every connection of the daemon and the workers
@@ -38,6 +39,7 @@ from etl.runner import run_backfill
 from etl.sandbox import SANDBOX_CREDENTIALS, start_sandbox
 from etl.state import existing_store
 from tests.conftest import POSTGRES_URL, VENDOR_DESTINATIONS, require_postgres, warehouse_of
+from tests.dagster.network import HostNetwork, require_network_namespaces
 from tests.dagster.relay import Relay
 from tests.dagster.test_ui_end_to_end import LAUNCH, Ui, free_port, wait_for_webserver
 from tests.integration.scenario import RECENT_END, canonical
@@ -105,7 +107,7 @@ def instance_file(home: Path) -> Path:
     return home
 
 
-def pipeline_doc(warehouse: Any, sandbox_url: str) -> dict[str, Any]:
+def pipeline_doc(url: str, schema: str | None, sandbox_url: str) -> dict[str, Any]:
     destinations = {}
     for vendor in VENDORS:
         preset = VENDOR_DESTINATIONS[vendor]
@@ -121,12 +123,12 @@ def pipeline_doc(warehouse: Any, sandbox_url: str) -> dict[str, Any]:
     return {
         "start_date": FIRST.isoformat(),
         "source": {
-            "url": warehouse.url,
-            "schema": warehouse.schema,
+            "url": url,
+            "schema": schema,
             "table": "user_actions",
             "reader_process": False,
         },
-        "state": {"schema": warehouse.schema, "lease_seconds": 5},
+        "state": {"schema": schema, "lease_seconds": 5},
         "late_rows": {"lookback_days": 0},
         "dagster": {"partitions_per_run": DAYS},  # a run a destination: three at once
         "destinations": destinations,
@@ -154,14 +156,18 @@ def expected(pipeline: Path) -> dict[str, tuple[Counter[str], dict[str, str]]]:
     return found
 
 
-def start_host(name: str, tmp: Path, env: dict[str, str], pipeline: Path) -> subprocess.Popen:
-    """`etl worker` as host ``name``: its own host name, directories and DAGSTER_HOME."""
+def start_host(
+    name: str, tmp: Path, env: dict[str, str], pipeline: Path, network: list[str]
+) -> subprocess.Popen:
+    """`etl worker` as host ``name``: its own host name, network (``network``: the command
+    prefix that runs in its namespace), directories and DAGSTER_HOME."""
     here = tmp / name
     (here / "tmp").mkdir(parents=True)
     instance_file(here / "home")
     own_pipeline = shutil.copy(pipeline, here / "pipeline.yaml")  # the same file, as deployed
     host_env = {**env, "DAGSTER_HOME": str(here / "home"), "TMPDIR": str(here / "tmp")}
-    command = ["unshare", "--uts", "--fork", "--", "sh", "-c", 'hostname "$0" && exec "$@"', name]
+    command = [*network, "unshare", "--uts", "--fork", "--"]
+    command += ["sh", "-c", 'hostname "$0" && exec "$@"', name]
     command += [sys.executable, "-m", "etl.app", "worker", "-c", str(own_pipeline)]
     return start_program(here / "worker.log", host_env, command, cwd=here)
 
@@ -186,9 +192,21 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
     require_postgres()
     require_broker()
     require_namespaces()
+    require_network_namespaces()
     offset = wall_clock_offset(tmp_path)
-    sandbox = start_sandbox(time_scale=1e6)
-    relay = Relay(BROKER)  # the broker as every host sees it
+    network = HostNetwork()
+    try:
+        run_on_two_hosts(tmp_path, monkeypatch, network, offset)
+    finally:
+        network.close()
+
+
+def run_on_two_hosts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, network: HostNetwork, offset: Path
+) -> None:
+    # every service at the bridge's address: the hosts' own 127.0.0.1 is their own
+    sandbox = start_sandbox(host=network.address, time_scale=1e6)
+    relay = Relay(BROKER, listen=network.address)  # the broker as every host sees it
     for vendor in VENDORS:
         sandbox.sandbox.set_faults(vendor, latency_ms=100)  # a run lasts seconds: killed mid-run
     procs: list[subprocess.Popen] = []
@@ -198,12 +216,14 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
         scratch_queue(BROKER, "etl_test") as queue,
     ):
         warehouse.fill(2_000, days=DAYS, end=RECENT_END)
+        databases = [Relay(url, listen=network.address) for url in (warehouse.url, dagster_pg)]
         pipeline = tmp_path / "pipeline.yaml"
-        pipeline.write_text(yaml.safe_dump(pipeline_doc(warehouse, sandbox.url), sort_keys=False))
+        doc = pipeline_doc(databases[0].url, warehouse.schema, sandbox.url)
+        pipeline.write_text(yaml.safe_dump(doc, sort_keys=False))
         env = {
             **os.environ,
             **SANDBOX_CREDENTIALS,
-            "DAGSTER_PG_URL": dagster_pg,
+            "DAGSTER_PG_URL": databases[1].url,
             "ETL_CELERY_BROKER": relay.url,
             "ETL_CELERY_QUEUE": queue,
             "ETL_PIPELINE": str(pipeline),
@@ -223,8 +243,10 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
                               "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT)
             )  # fmt: skip
             workers = {
-                "etl-w1": start_host("etl-w1", tmp_path, env, pipeline),
-                "etl-w2": start_host("etl-w2", tmp_path, skewed(env, offset), pipeline),
+                "etl-w1": start_host("etl-w1", tmp_path, env, pipeline, network.add_host()),
+                "etl-w2": start_host(
+                    "etl-w2", tmp_path, skewed(env, offset), pipeline, network.add_host()
+                ),
             }
             procs.extend(workers.values())
             ui = Ui(f"http://127.0.0.1:{port}", sandbox, pipeline)
@@ -319,7 +341,8 @@ def test_a_backfill_on_two_worker_hosts_survives_a_killed_worker(
             for proc in procs:
                 stop_process(proc)
             sandbox.stop()
-            relay.close()
+            for each in (relay, *databases):
+                each.close()
 
 
 def assert_delivered_per_partition(pipeline: Path, sandbox: Any) -> None:
