@@ -3,6 +3,7 @@
 import json
 import threading
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import requests
@@ -304,3 +305,39 @@ def test_a_batch_that_never_left_surfaces_the_error_that_stopped_the_destination
         assert conn.execute(sa.select(sa.func.count()).select_from(store.batches)).scalar() == 0
     sink.close()
     store.close()
+
+
+class SharedStub:
+    """A shared budget whose row was never tightened (its spacing 0)."""
+
+    def acquire(self, opens: bool = False) -> float:
+        return 0.0
+
+    def pause(self, seconds: float) -> None:
+        pass
+
+    def tighten(self, spacing: float) -> bool:
+        return True
+
+
+def test_a_429_one_at_a_time_with_a_shared_budget_widens_and_says_so(caplog):
+    """Requests already one at a time (20/s, burst 1): the first refusal widens the slack; it
+    is not reported as a change to one at a time because the shared row's spacing was 0."""
+    config = DestinationConfig(
+        vendor="fuul",
+        base_url="http://vendor",
+        credentials={"api_key": "${FUUL_API_KEY}"},
+        mapping={"event_name": "played", "user": {"column": "wallet", "type": "evm_address"}},
+        rate_limit={"requests": 20, "per_seconds": 1, "shared": True},
+    )
+    target = Destination.resolve("fuul_rewards", config, SourceConfig(url="sqlite://", table="t"))
+    assert target.rate.one_at_a_time
+    answers = iter([FakeResponse(429, {}, {"Retry-After": "1"}), FakeResponse(200)])
+    session = FakeSession(lambda ids: next(answers))
+    clock = FakeClock()
+    shared: Any = SharedStub()
+    sent = Sender(target, {"api_key": "k"}, timing=clock.timing(), session=session, shared=shared)
+    with caplog.at_level("WARNING"):
+        assert sent.send(encoded(1)).delivered == [0]
+    assert "at the configured pace: from now on" not in caplog.text
+    assert "refused (429) with requests one at a time: from now on" in caplog.text
