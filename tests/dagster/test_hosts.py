@@ -1,8 +1,9 @@
 """Several hosts for real: the Dagster webserver and daemon on one, two Celery workers (`etl
 worker`) each in its own network namespace (tests/dagster/network.py: its own address, the
 services reached at the bridge's) and UTS namespace (its own host name), working and temporary
-directories, all sharing a PostgreSQL Dagster instance, a PostgreSQL warehouse and state, and the RabbitMQ
-broker; the second host's wall clock is five minutes behind (wall_clock_offset.c). A backfill
+directories, all sharing a PostgreSQL Dagster instance, a PostgreSQL warehouse and state, and
+the RabbitMQ broker; the second host's wall clock is five minutes behind (wall_clock_offset.c).
+A backfill
 of three destinations lands on both workers; one worker is SIGKILLed while its run has requests
 out, and the broker goes down for a few seconds (every connection of the daemon and the workers
 cut, through a relay) while the other host's run is out; the killed run's retry runs on the
