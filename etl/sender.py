@@ -371,10 +371,8 @@ class Sender:
             tightened = self.bucket.tighten(self.rate.strict_spacing)
             if self.shared is not None:
                 self.shared.pause(delay)
-                # every process sending here, not only this one (one at a time, each already
-                # is: the row's spacing only starts at 0)
-                spaced = self.shared.tighten(self.rate.strict_spacing)
-                tightened = tightened or (spaced and not self.rate.one_at_a_time)
+                # every process sending here, not only this one
+                tightened = self.shared.tighten(self.rate.strict_spacing) or tightened
             if not tightened:
                 self._refused_when_paced()
             else:

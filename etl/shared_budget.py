@@ -153,7 +153,8 @@ class SharedBucket:
 
     def tighten(self, spacing: float) -> bool:
         """From now on slots are at least ``spacing`` apart, for every process sending here
-        (after a refusal at the configured pace); False if they were already."""
+        (after a refusal at the configured pace); False if they were already (the row's spacing
+        starts at 0: a limit one at a time already keeps its own)."""
         c = self.table.c
         with self.engine.begin() as conn:
             changed = conn.execute(
@@ -161,7 +162,7 @@ class SharedBucket:
                 .where(c.key == self.key, c.spacing < spacing)
                 .values(spacing=spacing)
             ).rowcount
-        return bool(changed)
+        return bool(changed) and spacing > self._spacing + 1e-9
 
     def acquire(self, opens: bool = False) -> float:
         """Wait for this request's slot, and with requests one at a time until it may leave

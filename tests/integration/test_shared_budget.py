@@ -276,6 +276,7 @@ def test_a_refusal_tightens_the_spacing_of_every_process(tmp_path: Path, databas
     spacing = 1.5 * INTERVAL
     with two_processes(database, tmp_path, clock=lambda: now[0]) as (a, b):
         first = [bucket.reserve()[0] for bucket in (a, b)]
+        assert not a.tighten(INTERVAL)  # one at a time, the limit keeps that spacing already
         assert a.tighten(spacing) and not b.tighten(spacing)  # the second adds nothing
         later = [bucket.reserve()[0] for bucket in (b, a, b)]
         assert b.pause(0.0) is None and b.reserve()[0] == pytest.approx(later[-1] + spacing)

@@ -308,7 +308,7 @@ def test_a_batch_that_never_left_surfaces_the_error_that_stopped_the_destination
 
 
 class SharedStub:
-    """A shared budget whose row was never tightened (its spacing 0)."""
+    """A shared budget, as SharedBucket answers for a limit already one at a time."""
 
     def acquire(self, opens: bool = False) -> float:
         return 0.0
@@ -317,7 +317,7 @@ class SharedStub:
         pass
 
     def tighten(self, spacing: float) -> bool:
-        return True
+        return False  # its row's spacing was 0, but the limit keeps this one already
 
 
 def test_a_429_one_at_a_time_with_a_shared_budget_widens_and_says_so(caplog):
