@@ -111,6 +111,16 @@ def relaxed_engine(engine: Engine) -> Engine:
     return relaxed
 
 
+def one_statement(engine: Engine) -> Engine:
+    """``engine`` for statements that are each a transaction of their own: on PostgreSQL each
+    commits as it runs (autocommit), without the BEGIN and COMMIT around it, two round trips
+    more; elsewhere ``engine`` itself (SQLite's transactions cost nothing over a wire). Never
+    for a server-side cursor, which needs a transaction."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 def inserts_if_absent(dialect: sa.Dialect) -> bool:
     """Whether :func:`insert_if_absent` works here (PostgreSQL, SQLite 3.35 and later)."""
     return dialect.name in ("postgresql", "sqlite") and bool(dialect.insert_returning)

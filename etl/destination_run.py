@@ -184,6 +184,7 @@ class DestinationRun:
         with closing(self.rows.read_rows(task.day, task.cursor)) as chunks:
             for rows in chunks:
                 read = len(rows)
+                task.rows_seen += read
                 if self.filter is not None:  # rows the log holds are not sent again
                     rows = self.filter.new_rows(task, rows)
                 for batch in self.batcher.add_rows(rows):

@@ -82,6 +82,7 @@ class PartitionTask:
     changed_rows: dict[str, int | None] = field(default_factory=dict)  # key -> new hash
     first_seq: int = 1  # the sequence number of its next slice in the ledger
     pending: int = 0  # slices handed to the sink, not yet committed
+    rows_seen: int = 0  # rows this run read of it from the source (before the log's filter)
     read_done: bool = False
     rechecked: bool = False  # a re-check was queued after a count that did not match
     beside_range: bool = False  # undated or a lookback day: left to a run that holds it
@@ -195,8 +196,9 @@ def reconcile(
         gone, doubled = close_recheck(target, source, store, task)
         store.count_changes(target.name, task.key, gone, len(task.changed_rows), doubled)
     # this run holds the partition: its checkpoint is settled. A new partition read by one
-    # query over the whole of it was counted by that query (its rows, all read: cp.present)
-    counted_by_read = task.mode is Mode.NEW and source.reads_a_day_at_once
+    # query over the whole of it was counted by that query (its rows, all read: cp.present),
+    # as a COUNT after it would have; a row that comes later is found by a later run's lookback
+    counted_by_read = task.mode is Mode.NEW and source.read_in_one_query(task.rows_seen)
     in_window = None if counted_by_read else source.count_partition(task.day)
 
     def judge(cp: Checkpoint) -> Verdict:

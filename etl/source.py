@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from etl.config import PipelineConfig, SourceConfig
-from etl.database import make_engine, safe_url, text_sorts_bytewise
+from etl.database import make_engine, one_statement, safe_url, text_sorts_bytewise
 from etl.errors import SourceError
 from etl.events import Position
 from etl.timestamps import zone
@@ -36,6 +36,9 @@ class Source:
         self.engine = engine or make_engine(self.config.url)
         if self.config.timestamp_type == "text" and self.engine.dialect.name == "postgresql":
             sa.event.listen(self.engine, "connect", _without_memoize)
+        # a query a day or two: without a transaction (PostgreSQL: no BEGIN, and no ROLLBACK
+        # as the connection goes back to the pool)
+        self.statements = one_statement(self.engine)
         self.tz = zone(self.config.timezone)
         self.relation = self._relation(config)
         self._check_columns(config)
@@ -73,12 +76,13 @@ class Source:
         if not self.windows.ranges and dialect == "postgresql":
             self.order_col = sa.collate(sa.type_coerce(ts, sa.String()) + "", "C")
 
-    @property
-    def reads_a_day_at_once(self) -> bool:
-        """Whether a partition is read by one query from its start to its end (mixed text on
-        PostgreSQL: see read_tuples): the rows it returns are the warehouse's own count of the
-        partition at that moment, as a COUNT would be (which would parse the day again)."""
-        return self.order_col is not self.ts_col
+    def read_in_one_query(self, rows: int) -> bool:
+        """Whether a partition of which ``read_tuples`` returned ``rows`` (from its start) was
+        read by one query from its start to its end: always for mixed text on PostgreSQL (see
+        read_tuples), else when its first page was not full. The rows it returned are then
+        the warehouse's own count of the partition at that moment, as a COUNT would be (a
+        query and, for text, a second parse of the day)."""
+        return self.order_col is not self.ts_col or rows < self.config.chunk_size
 
     def _check_columns(self, config: PipelineConfig) -> None:
         """The key and timestamp columns, then every destination's, exist; the error names the
@@ -135,7 +139,7 @@ class Source:
 
     def _column_names(self, relation: sa.FromClause) -> list[str]:
         probe: sa.Select[Any] = sa.select(sa.literal_column("*")).select_from(relation).limit(0)
-        with self.engine.connect() as conn:
+        with self.statements.connect() as conn:
             return list(conn.execute(probe).keys())
 
     # -- partitions ----------------------------------------------------------------------------
@@ -165,7 +169,7 @@ class Source:
 
     def _count(self, where: sa.ColumnElement[bool]) -> int:
         stmt = sa.select(sa.func.count()).select_from(self.from_).where(where)
-        with self.engine.connect() as conn:
+        with self.statements.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 
     def count_by_day(
@@ -178,7 +182,7 @@ class Source:
         counts: dict[date, list[tuple[tuple[Any, ...], int]]] = {day: [] for day in days}
         if not days:
             return counts
-        with self.engine.connect() as conn:
+        with self.statements.connect() as conn:
             if number is None or min(days) < _EPOCH_DAY:
                 for day in days:
                     stmt = self._grouped(self.partition(day), cols)
@@ -232,7 +236,7 @@ class Source:
         if with_range:
             kinds.append(w.days(self.start_date, last_day))
         stmt = sa.select(*(rows(kind) for kind in kinds)).select_from(self.from_)
-        with self.engine.connect() as conn:
+        with self.statements.connect() as conn:
             values = [int(v) for v in conn.execute(stmt).one()]
         return (values[4] if with_range else 0), Outside(*values[:4])
 
@@ -268,7 +272,7 @@ class Source:
         base = base.limit(size)
         while True:
             stmt = base if after is None else base.where(self._after(after, undated))
-            with self.engine.connect() as conn:
+            with self.statements.connect() as conn:
                 result = conn.execute(stmt)
                 names = list(map(str, result.keys()))  # plain str, not quoted_name
                 rows = result.fetchall()
@@ -298,7 +302,7 @@ class Source:
     def keys_present(self, keys: list[str]) -> set[str]:
         """Which of these keys the table still holds, with whatever timestamp."""
         found: set[str] = set()
-        with self.engine.connect() as conn:
+        with self.statements.connect() as conn:
             for start in range(0, len(keys), 1000):
                 typed = [_like(self.key_col, k) for k in keys[start : start + 1000]]
                 stmt = (
@@ -316,7 +320,7 @@ class Source:
             .where(self.key_col.in_(typed_keys))
             .order_by(self.key_col)
         )
-        with self.engine.connect() as conn:
+        with self.statements.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
 

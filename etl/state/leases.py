@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from etl.database import insert_if_absent, inserts_if_absent
+from etl.database import insert_if_absent, inserts_if_absent, one_statement
 from etl.errors import LeaseHeldError
 from etl.state.ledger import now
 from etl.timing import REAL_TIME, Timing
@@ -74,6 +74,7 @@ class Leases:
         lost with the server, they are leases of a run that died with it."""
         self.engine = engine
         self.relaxed = relaxed or engine
+        self._statements = one_statement(self.relaxed)
         self.table = table
         self.ttl = ttl
         self.host = socket.gethostname()[:100]
@@ -138,10 +139,11 @@ class Leases:
         key = self._key(destination, partition)
         t = self.table.c
         new = {"destination": destination, "partition": partition, **self._values()}
+        if inserts_if_absent(self.engine.dialect):  # most often free: then one statement
+            with self._statements.begin() as conn:
+                if insert_if_absent(conn, self.table, new) is not None:
+                    return
         with self.relaxed.begin() as conn:
-            free = inserts_if_absent(conn.dialect)  # most often: then one statement
-            if free and insert_if_absent(conn, self.table, new) is not None:
-                return
             row = conn.execute(sa.select(self.table).where(*key)).mappings().first()
             if row is None:
                 conn.execute(sa.insert(self.table).values(**new))
