@@ -6,7 +6,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -127,16 +127,18 @@ def inserts_if_absent(dialect: sa.Dialect) -> bool:
 
 
 def insert_if_absent(
-    conn: sa.Connection, table: sa.Table, values: dict[str, Any]
-) -> sa.RowMapping | None:
-    """Insert a row unless its key is taken, in one statement: the row as inserted, or None
-    (a conflict neither raises nor aborts the transaction). Ask :func:`inserts_if_absent`
-    first."""
+    dialect: sa.Dialect, table: sa.Table, **expressions: sa.ColumnElement[Any]
+) -> sa.Executable:
+    """A statement that inserts a row unless its key is taken and returns the row as
+    inserted, or none (a conflict neither raises nor aborts the transaction): its values are
+    the parameters it is executed with, beside ``expressions``. Built once and executed many
+    times (a statement built again costs as much as its round trip). Ask
+    :func:`inserts_if_absent` first."""
     from sqlalchemy.dialects import postgresql, sqlite
 
-    module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = module.insert(table).values(**values).on_conflict_do_nothing().returning(*table.c)
-    return conn.execute(stmt).mappings().first()
+    module: Any = postgresql if dialect.name == "postgresql" else sqlite
+    stmt = module.insert(table).values(**expressions).on_conflict_do_nothing()
+    return cast(sa.Executable, stmt.returning(*table.c))
 
 
 RELAXED = "etl_relaxed"  # in Connection.info: its commits are not flushed

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -85,7 +86,7 @@ class Leases:
         self._lock = threading.Lock()
         self._beat: threading.Thread | None = None
         self._stop = threading.Event()
-        self._now = _database_clock(engine, clock)
+        self._now, self._local_clock = _database_clock(engine, clock)
 
     def acquire(
         self,
@@ -135,14 +136,39 @@ class Leases:
             "expires_at": self._now() + self.ttl,
         }
 
+    @cached_property
+    def _take_free(self) -> sa.Executable:
+        """A free lease taken in one statement, built once: its expiry by the database's clock
+        (a parameter where a local clock dates it)."""
+        if self._local_clock is not None:
+            return insert_if_absent(self.engine.dialect, self.table)
+        expires = self._now() + sa.bindparam("lease_ttl", type_=sa.Float)
+        return insert_if_absent(self.engine.dialect, self.table, expires_at=expires)
+
+    def _free(self, destination: str, partition: str) -> dict[str, object]:
+        """The parameters of :attr:`_take_free`."""
+        values: dict[str, object] = {
+            "destination": destination,
+            "partition": partition,
+            "holder": self.holder,
+            "host": self.host,
+            "pid": self.pid,
+            "acquired_at": now(),
+        }
+        if self._local_clock is None:
+            values["lease_ttl"] = self.ttl
+        else:
+            values["expires_at"] = self._local_clock() + self.ttl
+        return values
+
     def _take(self, destination: str, partition: str) -> None:
+        if inserts_if_absent(self.engine.dialect):  # most often free: then one statement
+            with self._statements.begin() as conn:
+                if conn.execute(self._take_free, self._free(destination, partition)).first():
+                    return
         key = self._key(destination, partition)
         t = self.table.c
         new = {"destination": destination, "partition": partition, **self._values()}
-        if inserts_if_absent(self.engine.dialect):  # most often free: then one statement
-            with self._statements.begin() as conn:
-                if insert_if_absent(conn, self.table, new) is not None:
-                    return
         with self.relaxed.begin() as conn:
             row = conn.execute(sa.select(self.table).where(*key)).mappings().first()
             if row is None:
@@ -208,11 +234,21 @@ class Leases:
     def give_back(self, conn: sa.Connection, destination: str, partition: str) -> None:
         """Release the lease in the caller's transaction (if it fails, the lease is no longer
         renewed: it passes after ``ttl``)."""
-        t = self.table.c
-        key = self._key(destination, partition)
-        conn.execute(sa.delete(self.table).where(*key, t.holder == self.holder))
+        conn.execute(
+            self._give_back,
+            {"k_destination": destination, "k_partition": partition, "k_holder": self.holder},
+        )
         with self._lock:
             self.held.discard((destination, partition))
+
+    @cached_property
+    def _give_back(self) -> sa.Executable:
+        t = self.table.c
+        return sa.delete(self.table).where(
+            t.destination == sa.bindparam("k_destination"),
+            t.partition == sa.bindparam("k_partition"),
+            t.holder == sa.bindparam("k_holder"),
+        )
 
     def renew(self) -> None:
         """Push back the expiry of every lease this process holds."""
@@ -254,11 +290,12 @@ def _digest(text: str) -> str:
 
 def _database_clock(
     engine: Engine, clock: Callable[[], float] | None
-) -> Callable[[], sa.ColumnElement[float]]:
+) -> tuple[Callable[[], sa.ColumnElement[float]], Callable[[], float] | None]:
     """Now, in seconds since the epoch, as a SQL expression: the database's own clock where
-    several hosts may share it (PostgreSQL), else ``clock`` (by default this machine's)."""
+    several hosts may share it (PostgreSQL), else ``clock`` (by default this machine's); and
+    that local clock itself (None: the database's is used)."""
     if clock is None and engine.dialect.name == "postgresql":
         at = sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Float)
-        return lambda: at
+        return (lambda: at), None
     read = clock or time.time
-    return lambda: sa.literal(read(), sa.Float)
+    return (lambda: sa.literal(read(), sa.Float)), read

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
@@ -164,7 +165,7 @@ class StateStore:
         # lost: a partition not yet opened
         if not restart and inserts_if_absent(self.engine.dialect):  # most often new
             with self._writing(relaxed=True, each=True) as conn:
-                inserted = insert_if_absent(conn, self.checkpoints, new)
+                inserted = conn.execute(self._open_new, new).mappings().first()
             if inserted is not None:
                 return Checkpoint.from_row(inserted), True
         with self._writing(relaxed=True) as conn:
@@ -236,27 +237,39 @@ class StateStore:
         checkpoint, so no transaction is needed around them (on PostgreSQL each statement
         commits as it runs: two round trips less); stopped between the status and the lease,
         the lease passes after its ttl."""
-        key = self._key(self.checkpoints, destination, partition)
+        key = {"k_destination": destination, "k_partition": partition}
+        select, update = self._closing
         # lost: the run's last partition not closed
         with self._writing(relaxed=True, each=True) as conn:
-            row = conn.execute(sa.select(self.checkpoints).where(key)).mappings().one()
-            cp = Checkpoint.from_row(row)
+            cp = Checkpoint.from_row(conn.execute(select, key).mappings().one())
             status, error = verdict = judge(cp)
             if status is not None:
                 at = now()
                 completed = at if status == PartitionStatus.COMPLETE else None
                 values = {"status": status, "error": error, "updated_at": at}
-                update = (
-                    sa.update(self.checkpoints).where(key).values(completed_at=completed, **values)
-                )
-                if conn.dialect.update_returning:  # the row as left, in the same statement
-                    row = conn.execute(update.returning(*self.checkpoints.c)).mappings().one()
-                else:
-                    conn.execute(update)
-                    row = conn.execute(sa.select(self.checkpoints).where(key)).mappings().one()
-                cp = Checkpoint.from_row(row)
+                result = conn.execute(update, {**key, "completed_at": completed, **values})
+                if not conn.dialect.update_returning:
+                    result = conn.execute(select, key)
+                cp = Checkpoint.from_row(result.mappings().one())
             self.leases.give_back(conn, destination, partition)
         return cp, verdict
+
+    @cached_property
+    def _open_new(self) -> sa.Executable:
+        """A new checkpoint, inserted in one statement unless it exists (built once)."""
+        return insert_if_absent(self.engine.dialect, self.checkpoints)
+
+    @cached_property
+    def _closing(self) -> tuple[sa.Select[Any], sa.Update]:
+        """A partition's checkpoint read, and its status written (and the row as left, where
+        the database returns it), by the key's parameters; built once, used every day."""
+        c = self.checkpoints.c
+        key = (c.destination == sa.bindparam("k_destination"),
+               c.partition == sa.bindparam("k_partition"))  # fmt: skip
+        update = sa.update(self.checkpoints).where(*key)
+        if self.engine.dialect.update_returning:  # the row as left, in the same statement
+            update = update.returning(*self.checkpoints.c)
+        return sa.select(self.checkpoints).where(*key), update
 
     def count_changes(
         self,
