@@ -238,11 +238,24 @@ class Leases:
             self._give_back,
             {"k_destination": destination, "k_partition": partition, "k_holder": self.holder},
         )
+        self.given_back(destination, partition)
+
+    def given_back(self, destination: str, partition: str) -> None:
+        """The lease was given back by a statement of :meth:`releasing`."""
         with self._lock:
             self.held.discard((destination, partition))
 
+    def releasing(self, statement: sa.Update) -> sa.Update | None:
+        """``statement`` (whose parameters name the partition as ``k_destination`` and
+        ``k_partition``) that also gives back this process's lease of it, where one statement
+        can (PostgreSQL: a DELETE in its WITH; executed with ``k_holder``, this holder); None
+        elsewhere. Then say so with :meth:`given_back`."""
+        if self.engine.dialect.name != "postgresql":
+            return None
+        return statement.add_cte(self._give_back.cte("released"))
+
     @cached_property
-    def _give_back(self) -> sa.Executable:
+    def _give_back(self) -> sa.Delete:
         t = self.table.c
         return sa.delete(self.table).where(
             t.destination == sa.bindparam("k_destination"),

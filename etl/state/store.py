@@ -160,7 +160,6 @@ class StateStore:
         the events' settings ``made`` (the planner has judged a change of them); batches sent
         but never acknowledged become in doubt. ``restart`` forgets the partition first.
         Returns its checkpoint, and whether it was new (then no batch of it exists)."""
-        cp_key = self._key(self.checkpoints, destination, partition)
         new = self._new_checkpoint(destination, partition, status, made, None)
         # lost: a partition not yet opened
         if not restart and inserts_if_absent(self.engine.dialect):  # most often new
@@ -168,6 +167,7 @@ class StateStore:
                 inserted = conn.execute(self._open_new, new).mappings().first()
             if inserted is not None:
                 return Checkpoint.from_row(inserted), True
+        cp_key = self._key(self.checkpoints, destination, partition)
         with self._writing(relaxed=True) as conn:
             row = conn.execute(sa.select(self.checkpoints).where(cp_key)).mappings().first()
             if row is not None and restart:
@@ -232,27 +232,33 @@ class StateStore:
     ) -> tuple[Checkpoint, Verdict]:
         """A run is done with a partition (all its answers committed): its checkpoint is read,
         ``judge`` says which status to record (None: none, it is re-checked) and why, the
-        status is recorded, then the partition's lease is given back. Returns the checkpoint as
-        left, and the verdict. The lease is held throughout: no other run writes the
-        checkpoint, so no transaction is needed around them (on PostgreSQL each statement
-        commits as it runs: two round trips less); stopped between the status and the lease,
-        the lease passes after its ttl."""
+        status is recorded and the partition's lease given back (on PostgreSQL in one
+        statement). Returns the checkpoint as left, and the verdict. The lease is held
+        throughout: no other run writes the checkpoint, so no transaction is needed around
+        them (on PostgreSQL each statement commits as it runs: two round trips less); stopped
+        between the status and the lease, the lease passes after its ttl."""
         key = {"k_destination": destination, "k_partition": partition}
-        select, update = self._closing
+        select, update, releasing = self._closing
         # lost: the run's last partition not closed
         with self._writing(relaxed=True, each=True) as conn:
             cp = Checkpoint.from_row(conn.execute(select, key).mappings().one())
             status, error = verdict = judge(cp)
-            if status is not None:
-                at = now()
-                completed = at if status == PartitionStatus.COMPLETE else None
-                values = {"status": status, "error": error, "updated_at": at}
-                result = conn.execute(update, {**key, "completed_at": completed, **values})
+            if status is None:
+                self.leases.give_back(conn, destination, partition)
+                return cp, verdict
+            at = now()
+            completed = at if status == PartitionStatus.COMPLETE else None
+            values = {**key, "status": status, "error": error, "updated_at": at}
+            values["completed_at"] = completed
+            if releasing is not None:  # the status recorded and the lease given back at once
+                result = conn.execute(releasing, {**values, "k_holder": self.leases.holder})
+                self.leases.given_back(destination, partition)
+            else:
+                result = conn.execute(update, values)
                 if not conn.dialect.update_returning:
                     result = conn.execute(select, key)
-                cp = Checkpoint.from_row(result.mappings().one())
-            self.leases.give_back(conn, destination, partition)
-        return cp, verdict
+                self.leases.give_back(conn, destination, partition)
+            return Checkpoint.from_row(result.mappings().one()), verdict
 
     @cached_property
     def _open_new(self) -> sa.Executable:
@@ -260,16 +266,18 @@ class StateStore:
         return insert_if_absent(self.engine.dialect, self.checkpoints)
 
     @cached_property
-    def _closing(self) -> tuple[sa.Select[Any], sa.Update]:
-        """A partition's checkpoint read, and its status written (and the row as left, where
-        the database returns it), by the key's parameters; built once, used every day."""
+    def _closing(self) -> tuple[sa.Select[Any], sa.Update, sa.Update | None]:
+        """A partition's checkpoint read; its status written (and the row as left, where the
+        database returns it); the same giving back the lease (Leases.releasing): by the key's
+        parameters, built once, used every day."""
         c = self.checkpoints.c
         key = (c.destination == sa.bindparam("k_destination"),
                c.partition == sa.bindparam("k_partition"))  # fmt: skip
         update = sa.update(self.checkpoints).where(*key)
         if self.engine.dialect.update_returning:  # the row as left, in the same statement
             update = update.returning(*self.checkpoints.c)
-        return sa.select(self.checkpoints).where(*key), update
+        select = sa.select(self.checkpoints).where(*key)
+        return select, update, self.leases.releasing(update)
 
     def count_changes(
         self,

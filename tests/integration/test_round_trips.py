@@ -77,8 +77,9 @@ def test_a_row_added_to_a_day_read_by_one_query_is_found_by_the_next_run(
 def test_a_days_statements_on_postgresql_need_no_transaction(
     tmp_path, warehouse, sandbox, clock, monkeypatch
 ):
-    """A new day on PostgreSQL: its lease, its checkpoint opened and closed, its rows read,
-    the lease given back, each a statement that commits as it runs (autocommit), no count."""
+    """A new day on PostgreSQL costs five statements, each committing as it runs (autocommit),
+    and no count: its lease taken, its checkpoint opened, its rows read, its checkpoint read,
+    its status recorded with the lease given back (a DELETE in the UPDATE's WITH)."""
     warehouse.fill(240, days=4, end=END)
     counting(monkeypatch)
     path = write_pipeline(tmp_path / "p.yaml", warehouse, sandbox.url, FIRST.isoformat())
@@ -95,12 +96,14 @@ def test_a_days_statements_on_postgresql_need_no_transaction(
     finally:
         sa.event.remove(sa.engine.Engine, "before_cursor_execute", seen)
     days = 5  # four and the undated rows: each once
-    for kind in ("insert etl_leases", "insert etl_checkpoints", "delete etl_leases"):
+    for kind in ("insert etl_leases", "insert etl_checkpoints", "with etl_leases"):
         assert (per_day[(kind, True)], per_day[(kind, False)]) == (days, 0), kind
-    # a day closed: its checkpoint read and its status written, each in autocommit
-    for kind in ("select etl_checkpoints", "update etl_checkpoints"):
-        assert per_day[(kind, True)] == days, kind
+    assert per_day[("select etl_checkpoints", True)] == days
+    assert per_day[("delete etl_leases", True)] + per_day[("update etl_checkpoints", True)] == 0
     assert per_day[("select user_actions", True)] >= days  # its rows, and the run's counts
     assert per_day[("select user_actions", False)] == 0
     assert per_day[("select etl_leases", True)] + per_day[("select etl_leases", False)] == 0
+    store = store_of(path)
+    with store.engine.connect() as conn:  # every lease given back
+        assert conn.execute(sa.select(store.tables.leases)).all() == []
     assert_exactly_once(path, warehouse, sandbox)
