@@ -252,13 +252,15 @@ class StateStore:
             values["completed_at"] = completed
             if releasing is not None:  # the status recorded and the lease given back at once
                 result = conn.execute(releasing, {**values, "k_holder": self.leases.holder})
+                row = result.mappings().one()
                 self.leases.given_back(destination, partition)
             else:
                 result = conn.execute(update, values)
                 if not conn.dialect.update_returning:
                     result = conn.execute(select, key)
+                row = result.mappings().one()  # before another statement (DuckDB: one cursor)
                 self.leases.give_back(conn, destination, partition)
-            return Checkpoint.from_row(result.mappings().one()), verdict
+            return Checkpoint.from_row(row), verdict
 
     @cached_property
     def _open_new(self) -> sa.Executable:
