@@ -32,9 +32,7 @@ def index_advice(source: SourceConfig, engine: sa.Engine) -> str | None:
         and not text_sorts_bytewise(engine, _collation(engine, source))
     )
     served = (
-        _has_c_expression_index(engine, source)
-        if compared_in_c
-        else _leads_an_index(engine, source)
+        _has_c_expression_index(engine, source) if compared_in_c else leads_an_index(engine, source)
     )
     if served:
         return None
@@ -50,7 +48,7 @@ def index_advice(source: SourceConfig, engine: sa.Engine) -> str | None:
     return str(sa.schema.CreateIndex(index).compile(dialect=dialect)).strip()
 
 
-def _leads_an_index(engine: sa.Engine, source: SourceConfig) -> bool:
+def leads_an_index(engine: sa.Engine, source: SourceConfig) -> bool:
     """An index (or the primary key) whose first column is the timestamp column."""
     inspector = sa.inspect(engine)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Sequence
 from datetime import date, timedelta
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,10 +19,12 @@ from etl.config import PipelineConfig, SourceConfig
 from etl.database import make_engine, one_statement, safe_url, text_sorts_bytewise
 from etl.errors import SourceError
 from etl.events import Position
+from etl.indexes import leads_an_index
 from etl.timestamps import zone
-from etl.windows import Outside, binary_text, windows_for
+from etl.windows import NativeWindows, Outside, binary_text, windows_for
 
 _EPOCH_DAY = date(1970, 1, 1)
+_DAYS_A_QUERY = 5000  # three parameters a day, of PostgreSQL's 65,535 a statement
 
 # Chunks of rows: each its column names and its rows' values in that order.
 Chunks = Generator[tuple[list[str], Sequence[Sequence[Any]]], None, None]
@@ -183,6 +186,13 @@ class Source:
         if not days:
             return counts
         with self.statements.connect() as conn:
+            if self._days_by_index:
+                for start in range(0, len(days), _DAYS_A_QUERY):
+                    some = days[start : start + _DAYS_A_QUERY]
+                    for row in conn.execute(self._counted_by_index(some, cols)):
+                        if row[-1]:
+                            counts[some[row[0]]].append((tuple(row[1:-1]), int(row[-1])))
+                return counts
             if number is None or min(days) < _EPOCH_DAY:
                 for day in days:
                     stmt = self._grouped(self.partition(day), cols)
@@ -197,6 +207,43 @@ class Source:
                 if day in counts:  # the range may hold days the run skips
                     counts[day].append((tuple(row[1:-1]), int(row[-1])))
         return counts
+
+    @cached_property
+    def _days_by_index(self) -> bool:
+        """Whether days are counted each by its range of an index on the timestamp column
+        (PostgreSQL, a table whose index starts with that column): a count of every row
+        grouped by its day is planned for a group a row (PostgreSQL cannot say how many days
+        an expression makes), without parallel workers: 5-7 s at 10,000,000 rows, where a
+        count of them takes 0.7 s and one range a day about as long as the count."""
+        return (
+            self.engine.dialect.name == "postgresql"
+            and isinstance(self.windows, NativeWindows)
+            and leads_an_index(self.engine, self.config)
+        )
+
+    def _counted_by_index(
+        self, days: list[date], cols: Sequence[sa.ColumnElement[Any]]
+    ) -> sa.Select[Any]:
+        """One query: for each day (by its place in ``days``) its rows by ``cols``, each day
+        counted by its own range of the column (a LATERAL subquery on a VALUES list)."""
+        column = self.windows.column
+        ranges = sa.values(
+            sa.column("etl_i", sa.Integer),
+            sa.column("etl_lo", column.type),
+            sa.column("etl_hi", column.type),
+            name="etl_days",
+        ).data([(i, *self.windows.day_range(day)) for i, day in enumerate(days)])
+        per_day = (
+            sa.select(*cols, sa.func.count().label("etl_n"))
+            .select_from(self.from_)
+            .where(column >= ranges.c.etl_lo, column < ranges.c.etl_hi)
+            .group_by(*cols)
+            .lateral("etl_day_rows")
+        )
+        chosen = [per_day.c[c.name] for c in cols]
+        return sa.select(ranges.c.etl_i, *chosen, per_day.c.etl_n).select_from(
+            ranges.join(per_day, sa.true())
+        )
 
     def count_days(self, days: list[date]) -> dict[date, int]:
         """The rows of each of these days (one query where the warehouse can say a row's day;

@@ -86,6 +86,12 @@ class Windows:
         lo, hi = day_bounds(first)[0], day_bounds(last)[1]
         return sa.and_(self.column >= self.bound(lo), self.column < self.bound(hi))
 
+    def day_range(self, day: date) -> tuple[Any, Any]:
+        """The column's values from which and before which a row is of that UTC day (where
+        ``ranges``: a day is one range of the column)."""
+        lo, hi = day_bounds(day)
+        return self.bound(lo), self.bound(hi)
+
     def about(self, first: date, last: date) -> sa.ColumnElement[bool]:
         """Rows of the UTC days first..last, and perhaps a few beside them: what a size is
         estimated by (the days themselves unless that costs more)."""

@@ -3,7 +3,7 @@ index would let a day's read cost that day's rows (and stops saying it once it e
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -157,3 +157,38 @@ def test_a_text_day_is_parsed_once_whatever_its_pages(tmp_path, warehouse):
     assert len([s for s in selects if s.lstrip().upper().startswith("SELECT")]) == 1
     read = [tuple(r[:2]) for _, rows in pages for r in rows]
     assert read == sorted(read) and len(set(read)) == 20
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("warehouse", ["postgresql"], indirect=True)
+def test_days_are_counted_by_the_index_where_one_starts_with_the_column(tmp_path, warehouse):
+    """On PostgreSQL a table whose index starts with the timestamp column has its days counted
+    each by its range of the index (one query): the same numbers, by day and by column, as a
+    count of each day, empty days included; without such an index, by one grouping of the
+    range."""
+    warehouse.fill(600, days=4, end=date(2024, 3, 5))
+    path = write_pipeline(tmp_path / "p.yaml", warehouse, "http://127.0.0.1:9", "2024-03-01")
+    source = Source(load_pipeline(path))
+    days = [date(2024, 2, 28) + timedelta(days=n) for n in range(8)]  # some without rows
+    assert source._days_by_index
+    for columns in ([], ["action"]):
+        cols = [source.relation.c[c] for c in columns]
+        each = {}
+        with source.engine.connect() as conn:
+            for day in days:
+                rows = conn.execute(source._grouped(source.partition(day), cols))
+                each[day] = sorted((tuple(r[:-1]), int(r[-1])) for r in rows if r[-1])
+        counted = source.count_by_day(days, columns)
+        assert {d: sorted(v) for d, v in counted.items()} == each
+        assert sum(n for groups in each.values() for _, n in groups) > 0
+    engine = warehouse.engine()
+    with engine.begin() as conn:  # the index gone: grouped, the same numbers
+        table = sa.Table("user_actions", sa.MetaData(), schema=warehouse.schema, autoload_with=conn)
+        for index in table.indexes:
+            index.drop(conn)
+    engine.dispose()
+    again = Source(load_pipeline(path))
+    assert not again._days_by_index
+    assert again.count_days(days) == source.count_days(days)
+    source.engine.dispose()
+    again.engine.dispose()
