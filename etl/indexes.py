@@ -31,9 +31,10 @@ def index_advice(source: SourceConfig, engine: sa.Engine) -> str | None:
         and dialect.name == "postgresql"
         and not text_sorts_bytewise(engine, _collation(engine, source))
     )
-    served = (
-        _has_c_expression_index(engine, source) if compared_in_c else leads_an_index(engine, source)
-    )
+    if compared_in_c:
+        served = _has_c_expression_index(engine, source)
+    else:  # nothing to say where the database cannot tell
+        served = leads_an_index(engine, source) is not False
     if served:
         return None
     ts, key = source.timestamp_column, source.key_column
@@ -48,14 +49,15 @@ def index_advice(source: SourceConfig, engine: sa.Engine) -> str | None:
     return str(sa.schema.CreateIndex(index).compile(dialect=dialect)).strip()
 
 
-def leads_an_index(engine: sa.Engine, source: SourceConfig) -> bool:
-    """An index (or the primary key) whose first column is the timestamp column."""
+def leads_an_index(engine: sa.Engine, source: SourceConfig) -> bool | None:
+    """An index (or the primary key) whose first column is the timestamp column (None: the
+    database cannot tell)."""
     inspector = sa.inspect(engine)
     try:
         indexes = inspector.get_indexes(source.table or "", schema=source.schema_name)
         primary = inspector.get_pk_constraint(source.table or "", schema=source.schema_name)
     except (sa.exc.SQLAlchemyError, NotImplementedError):
-        return True  # nothing to say where the dialect cannot tell
+        return None
     leading: list[list[Any]] = [list(i.get("column_names") or []) for i in indexes]
     leading.append(list(primary.get("constrained_columns") or []))
     return any(columns[:1] == [source.timestamp_column] for columns in leading)

@@ -217,8 +217,9 @@ class Source:
         count of them takes 0.7 s and one range a day about as long as the count."""
         return (
             self.engine.dialect.name == "postgresql"
+            and self.config.table is not None  # a query's tables only its author knows
             and isinstance(self.windows, NativeWindows)
-            and leads_an_index(self.engine, self.config)
+            and leads_an_index(self.engine, self.config) is True
         )
 
     def _counted_by_index(

@@ -7,6 +7,7 @@ from datetime import date, timedelta
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from etl.config import SourceConfig
 from etl.indexes import index_advice
@@ -192,3 +193,20 @@ def test_days_are_counted_by_the_index_where_one_starts_with_the_column(tmp_path
     assert again.count_days(days) == source.count_days(days)
     source.engine.dispose()
     again.engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("warehouse", ["postgresql"], indirect=True)
+def test_a_query_source_is_counted_by_one_grouping(tmp_path, warehouse):
+    """A source query's tables only its author knows: its days are never counted a range a
+    day (without an index, each would read the whole query)."""
+    warehouse.fill(100, days=4, end=date(2024, 3, 5))
+    table = sa.table("user_actions", schema=warehouse.schema)
+    query = sa.select(sa.literal_column("*")).select_from(table)
+    (tmp_path / "actions.sql").write_text(str(query.compile(dialect=postgresql.dialect())))
+    path = write_pipeline(tmp_path / "p.yaml", warehouse, "http://127.0.0.1:9", "2024-03-01")
+    path.write_text(path.read_text().replace("table: user_actions", "query: actions.sql"))
+    source = Source(load_pipeline(path))
+    assert not source._days_by_index
+    assert sum(source.count_days([date(2024, 3, 1), date(2024, 3, 2)]).values()) > 0
+    source.engine.dispose()
