@@ -127,14 +127,12 @@ class Leases:
         t = self.table.c
         return (t.destination == destination, t.partition == partition)
 
+    def _holder(self) -> dict[str, object]:
+        """Who takes a lease, and when (by this process's clock: shown, never judged)."""
+        return {"holder": self.holder, "host": self.host, "pid": self.pid, "acquired_at": now()}
+
     def _values(self) -> dict[str, object]:
-        return {
-            "holder": self.holder,
-            "host": self.host,
-            "pid": self.pid,
-            "acquired_at": now(),
-            "expires_at": self._now() + self.ttl,
-        }
+        return {**self._holder(), "expires_at": self._now() + self.ttl}
 
     @cached_property
     def _take_free(self) -> sa.Executable:
@@ -147,14 +145,7 @@ class Leases:
 
     def _free(self, destination: str, partition: str) -> dict[str, object]:
         """The parameters of :attr:`_take_free`."""
-        values: dict[str, object] = {
-            "destination": destination,
-            "partition": partition,
-            "holder": self.holder,
-            "host": self.host,
-            "pid": self.pid,
-            "acquired_at": now(),
-        }
+        values = {"destination": destination, "partition": partition, **self._holder()}
         if self._local_clock is None:
             values["lease_ttl"] = self.ttl
         else:
